@@ -1,0 +1,29 @@
+"The console script: installed, lists its subcommands, each answers --help."
+import re, subprocess, sys
+import pytest
+import mmpo_nb
+
+def _run(*args):
+    return subprocess.run(['mmpo', *args], capture_output=True, text=True)
+
+def test_version_importable():
+    out = subprocess.run([sys.executable, '-c', 'import mmpo_nb; print(mmpo_nb.__version__)'], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == mmpo_nb.__version__
+    assert re.fullmatch(r'\d+\.\d+\.\d+', mmpo_nb.__version__)
+
+def test_help_lists_subcommands():
+    r = _run('--help')
+    assert r.returncode == 0, r.stderr
+    cmds = _subcommands(r.stdout)
+    assert {'docs'} <= cmds, cmds
+    for c in cmds:
+        h = _run(c, '--help')
+        assert h.returncode == 0 and 'Usage' in h.stdout, (c, h.stderr)
+
+def _subcommands(help_text):
+    box = help_text.split('Commands')[1]
+    return {m.group(1) for m in re.finditer(r'^│ (\w[\w-]*)\s', box, re.M)}
+
+def test_unknown_subcommand_fails():
+    r = _run('no-such-command')
+    assert r.returncode != 0

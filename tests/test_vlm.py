@@ -227,7 +227,7 @@ def test_toy_tokenizer_roundtrips_toyworld_text(tmp_path):
 @pytest.mark.slow
 def test_tower_from_registered_toy_clip():
     "The toy CLIP's ViT (mmpo_nb.clip's registered 'mmpo-tiny') transfers exactly into a tiny LLaVA tower."
-    clip = pytest.importorskip('mmpo_nb.clip')
+    pytest.importorskip('mmpo_nb.clip')  # registers 'mmpo-tiny' with open_clip
     import open_clip
     from mmpo_nb.vlm import llava_kwargs_from_open_clip, init_vision_from_open_clip
     oc = open_clip.create_model('mmpo-tiny').eval()

@@ -20,7 +20,8 @@ def test_readme_has_two_setup_commands():
 @pytest.mark.slow
 def test_docs_site_has_every_notebook_and_its_headings(tmp_path):
     out = tmp_path/'_docs'
-    r = subprocess.run([sys.executable, '-m', 'mmpo_nb.cli', 'docs', '--nbs', str(ROOT/'nbs'), '--out', str(out)],
+    # `slow` cells are skipped here to keep the suite short (nbdev-test runs them); `mmpo docs` runs them by default.
+    r = subprocess.run([sys.executable, '-m', 'mmpo_nb.cli', 'docs', '--nbs', str(ROOT/'nbs'), '--out', str(out), '--skip', 'gpu long slow'],
                        cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
     assert (out/'index.html').exists() and (out/'contents.html').exists()
@@ -29,7 +30,10 @@ def test_docs_site_has_every_notebook_and_its_headings(tmp_path):
         page = out/page_name(nb)
         assert page.exists(), f"no page for {nb.name}"
         text = html.unescape(page.read_text())
+        body = re.sub(r'<[^>]+>', ' ', text)
+        heads = re.findall(r'<h[1-6][^>]*>(.*?)</h[1-6]>', text, re.S)
         for h in nb_headings(read_nb(nb)):
-            plain = re.sub(r'[`*_]', '', h)
-            assert plain in re.sub(r'<[^>]+>', '', text), f"{page.name} lacks heading {h!r}"
+            words = re.findall(r'[A-Za-z]{3,}', h)   # markdown, code spans and math render differently; the words stay
+            assert any(all(w in re.sub(r'<[^>]+>', ' ', x) for w in words) for x in heads), f"{page.name} lacks heading {h!r}"
+        assert body.strip()
         if nb.name != 'index.ipynb': assert f'href="{page.name}"' in contents

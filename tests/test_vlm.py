@@ -226,11 +226,11 @@ def test_toy_tokenizer_roundtrips_toyworld_text(tmp_path):
 
 @pytest.mark.slow
 def test_tower_from_registered_toy_clip():
-    "The toy CLIP's ViT (mmpo_nb.clip's registered 'mmpo-tiny') transfers exactly into a tiny LLaVA tower."
-    pytest.importorskip('mmpo_nb.clip')  # registers 'mmpo-tiny' with open_clip
+    "The toy CLIP's ViT (mmpo_nb.clip's registered 'mmpo-tiny-vit') transfers exactly into a tiny LLaVA tower."
+    pytest.importorskip('mmpo_nb.clip')  # registers 'mmpo-tiny-vit' with open_clip
     import open_clip
     from mmpo_nb.vlm import llava_kwargs_from_open_clip, init_vision_from_open_clip
-    oc = open_clip.create_model('mmpo-tiny').eval()
+    oc = open_clip.create_model('mmpo-tiny-vit').eval()
     kw = llava_kwargs_from_open_clip(oc.visual)
     m, p = build_tiny_llava(build_toy_tokenizer(TEXTS), **kw, text_width=64, text_layers=1, text_mlp=128)
     init_vision_from_open_clip(m, oc.visual)

@@ -15,7 +15,7 @@ def test_help_lists_subcommands():
     r = _run('--help')
     assert r.returncode == 0, r.stderr
     cmds = _subcommands(r.stdout)
-    assert {'docs'} <= cmds, cmds
+    assert cmds == {'data', 'train', 'eval', 'select', 'demo', 'docs'}, cmds
     for c in cmds:
         h = _run(c, '--help')
         assert h.returncode == 0 and 'Usage' in h.stdout, (c, h.stderr)
@@ -23,6 +23,14 @@ def test_help_lists_subcommands():
 def _subcommands(help_text):
     box = help_text.split('Commands')[1]
     return {m.group(1) for m in re.finditer(r'^│ (\w[\w-]*)\s', box, re.M)}
+
+def test_group_subcommands():
+    for group, subs in {'data': {'toy', 'check'}, 'train': {'clip', 'sft', 'sae'}, 'eval': {'clip', 'vlm'}}.items():
+        r = _run(group, '--help')
+        assert r.returncode == 0 and _subcommands(r.stdout) == subs, (group, r.stdout)
+        for c in subs:
+            h = _run(group, c, '--help')
+            assert h.returncode == 0 and 'Usage' in h.stdout, (group, c, h.stderr)
 
 def test_unknown_subcommand_fails():
     r = _run('no-such-command')

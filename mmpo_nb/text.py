@@ -10,6 +10,7 @@ import re
 from functools import lru_cache
 from typing import Iterable
 import pysbd
+from pysbd.lang.english import English
 
 # %% auto #0
 __all__ = ['IRREGULAR_PLURALS', 'NUMBER_WORDS', 'sentence_spans', 'split_sentences', 'plural_forms', 'plural', 'number_word',
@@ -18,8 +19,8 @@ __all__ = ['IRREGULAR_PLURALS', 'NUMBER_WORDS', 'sentence_spans', 'split_sentenc
 # %% ../nbs/00a_text.ipynb #95ad7fc0
 _SEGMENTER = pysbd.Segmenter(language='en', clean=False)
 
-@lru_cache(maxsize=65536)
-def _spans(text:str)->tuple[tuple[int,int], ...]:
+def _pysbd_spans(text:str)->tuple[tuple[int,int], ...]:
+    "Spans from pySBD's sentence boundaries: each sentence's start is a cut, the text between cuts is trimmed."
     cuts, pos = [], 0
     for seg in _SEGMENTER.segment(text):
         s = seg.strip()
@@ -31,6 +32,22 @@ def _spans(text:str)->tuple[tuple[int,int], ...]:
         m = re.search(r'\S(?:.*\S)?', text[a:b], flags=re.S)
         if m: out.append((a + m.start(), a + m.end()))
     return tuple(out)
+
+_ABBREVIATIONS = frozenset(English.Abbreviation.ABBREVIATIONS) | frozenset(English.Abbreviation.PREPOSITIVE_ABBREVIATIONS) \
+                 | frozenset(English.Abbreviation.NUMBER_ABBREVIATIONS)
+_PLAIN_SENTENCE = r"[A-Z][a-z]*(?:,? [a-z]+)*[.!?]"
+_PLAIN_TEXT = re.compile(rf"{_PLAIN_SENTENCE}(?: {_PLAIN_SENTENCE})*")
+
+def _plain_spans(text:str)->tuple[tuple[int,int], ...]|None:
+    "Spans of a text of plain sentences (capitalised lowercase words, one stop each, single spaces), or None if it is not one."
+    if not _PLAIN_TEXT.fullmatch(text): return None
+    spans = tuple((m.start(), m.end()) for m in re.finditer(_PLAIN_SENTENCE, text))
+    last = [re.search(r'(\w+)[.!?]$', text[s:e])[1].lower() for s, e in spans]
+    return None if any(len(w) < 2 or w in _ABBREVIATIONS for w in last) else spans
+
+@lru_cache(maxsize=65536)
+def _spans(text:str)->tuple[tuple[int,int], ...]:
+    return _plain_spans(text) or _pysbd_spans(text)
 
 def sentence_spans(text:str # any text: a description, an answer, a list
                   )->list[tuple[int,int]]: # (start, end) character spans, in order, trimmed of whitespace

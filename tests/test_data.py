@@ -1,11 +1,12 @@
-"Write/read/check round trips of the three dataset formats, and every bad-input error."
-import json, os
+"What the notebook cannot check: cross-format round trips, files written by others, bad input on disk, kill -9, the CLI, properties."
+import json, os, signal, subprocess, sys, time
 from pathlib import Path
 import numpy as np, pandas as pd, pyarrow as pa, pyarrow.parquet as pq, pytest, datasets
 from mmpo_nb.core import DataError
 from mmpo_nb.toyworld import ToyWorld, Scene
+from hypothesis import given, settings, strategies as st
 from mmpo_nb.data import (toy_preference_dataset, write_toy_dataset, check_dataset, read_dataset, read_rlaif_parquet,
-                          read_mdpo_json, write_rlaif_parquet, write_mdpo_json, TRL_COLUMNS)
+                          read_mdpo_json, write_rlaif_parquet, write_mdpo_json, write_trl_parquet, unwrap_prompt, IMAGE_PLACE)
 
 datasets.disable_progress_bars()
 
@@ -21,29 +22,6 @@ def _err(excinfo, row, column):
     e = excinfo.value; assert isinstance(e, DataError) and e.row == row and e.column == column and e.file is not None
     assert f"column {column!r}" in str(e) and (row is None or f"row {row}" in str(e))
 
-def test_toy_round_trip(toy):
-    s = check_dataset(toy, deep=True)
-    assert (s.format, s.rows, s.images, s.neg_images) == ('mmpo-toy', 12, 12, 48) and 'OK' in str(s)
-    back = read_dataset(toy); w = ToyWorld()
-    assert back.column_names[:4] == list(TRL_COLUMNS)
-    for i in (0, 7):
-        assert Scene.from_json(back[i]['scene']) == w.scene(i)
-        assert np.array_equal(np.asarray(back[i]['images'][0]), np.asarray(w.render(w.scene(i))))
-        assert [Scene.from_json(x) for x in back[i]['neg_scenes']][1] == w.edit_scene(w.scene(i), 'color')
-
-@pytest.mark.parametrize('fmt', ['rlaif', 'rlaif-embed', 'mdpo'])
-def test_format_round_trip(ds, tmp_path, fmt):
-    out = tmp_path/fmt
-    if fmt == 'mdpo': write_mdpo_json(ds, out); back = read_mdpo_json(out); assert json.loads((out/'data.json').read_text())[0]['img_path']
-    else: write_rlaif_parquet(ds, out, embed_images=fmt.endswith('embed')); back = read_rlaif_parquet(out)
-    assert check_dataset(out).rows == len(ds)
-    for c in ('prompt', 'chosen', 'rejected', 'chosen_labels', 'rejected_labels', 'neg_diffs', 'scene_id'): assert back[c] == ds[c]
-    assert np.array_equal(np.asarray(back[2]['images'][0]), np.asarray(ds[2]['images'][0]))
-    assert np.array_equal(np.asarray(back[2]['neg_images'][3]), np.asarray(ds[2]['neg_images'][3]))
-    # a dataset read back can be written again in the other format
-    other = tmp_path/(fmt + '-again'); (write_rlaif_parquet if fmt == 'mdpo' else write_mdpo_json)(back, other)
-    assert check_dataset(other).rows == len(ds)
-
 def test_plain_external_files(tmp_path):
     "Files written by someone else: only the four columns, absolute and relative paths, an image root."
     (tmp_path/'imgs').mkdir(); ToyWorld().render(ToyWorld().scene(0)).save(tmp_path/'imgs'/'a.png')
@@ -55,6 +33,18 @@ def test_plain_external_files(tmp_path):
     ds = read_rlaif_parquet(tmp_path/'r.parquet'); assert ds[0]['ds_name'] == 'x'
     assert check_dataset(tmp_path/'r.parquet').format == 'rlaif-v'
 
+@pytest.mark.parametrize('fmt', ['rlaif', 'rlaif-embed', 'mdpo', 'trl'])
+def test_read_back_writes_in_every_other_format(ds, tmp_path, fmt):
+    "A dataset read back from one format writes to the others unchanged (the notebook checks each format's own round trip)."
+    writers = {'rlaif': write_rlaif_parquet, 'rlaif-embed': lambda x, o: write_rlaif_parquet(x, o, embed_images=True),
+               'mdpo': write_mdpo_json, 'trl': write_trl_parquet}
+    back = read_dataset(writers[fmt](ds, tmp_path/fmt))
+    for other, wr in writers.items():
+        if other == fmt: continue
+        again = read_dataset(wr(back, tmp_path/f'{fmt}-{other}'))
+        for c in ('prompt', 'chosen', 'rejected', 'chosen_labels', 'rejected_labels', 'neg_diffs', 'scene_id'): assert again[c] == ds[c], (other, c)
+        assert np.array_equal(np.asarray(again[2]['neg_images'][3]), np.asarray(ds[2]['neg_images'][3]))
+
 # ---- bad input: one DataError naming file, row and column ----
 
 def test_missing_image_file(toy):
@@ -62,19 +52,6 @@ def test_missing_image_file(toy):
     with pytest.raises(DataError) as e: check_dataset(toy)
     _err(e, 5, 'image'); assert 's0-000005.png' in str(e.value)
     with pytest.raises(DataError): read_dataset(toy)
-
-def test_missing_negative_image_file(toy):
-    os.remove(toy/'images'/'s0-000002~context0.png')
-    with pytest.raises(DataError) as e: check_dataset(toy)
-    _err(e, 2, 'neg_image_paths')
-
-def test_missing_column(toy, tmp_path):
-    t = pq.read_table(toy/'data.parquet'); pq.write_table(t.drop(['chosen']), toy/'data.parquet')
-    with pytest.raises(DataError) as e: check_dataset(toy)
-    _err(e, None, 'chosen')
-    (tmp_path/'x.json').write_text(json.dumps([{'img_path': 'a.png', 'prompt': 'p', 'chosen': 'c', 'rejected': 'r'}, {'img_path': 'a.png', 'prompt': 'p', 'chosen': 'c'}]))
-    with pytest.raises(DataError) as e: read_mdpo_json(tmp_path/'x.json')
-    assert e.value.column in ('rejected', 'img_path')
 
 def test_missing_field_in_one_json_record(tmp_path):
     ToyWorld().render(ToyWorld().scene(0)).save(tmp_path/'a.png')
@@ -104,22 +81,6 @@ def test_not_a_dataset(tmp_path):
 
 # ---- writers leave nothing behind on failure ----
 
-def test_failed_toy_write_leaves_nothing(tmp_path):
-    class Broken(ToyWorld):
-        def render(self, scene):
-            if scene.index == 4: raise RuntimeError('renderer crashed')
-            return super().render(scene)
-    with pytest.raises(RuntimeError, match='renderer crashed'): write_toy_dataset(8, tmp_path/'out', world=Broken(), progress=False)
-    assert _listing(tmp_path) == []
-
-@pytest.mark.parametrize('writer', [write_rlaif_parquet, write_mdpo_json])
-def test_failed_format_write_leaves_nothing(ds, tmp_path, writer):
-    bad = ds.map(lambda r, i: {'chosen': '' if i == 4 else r['chosen']}, with_indices=True)
-    with pytest.raises(DataError) as e: writer(bad, tmp_path/'out')
-    _err(e, 4, 'chosen'); assert _listing(tmp_path) == []
-    with pytest.raises(DataError) as e: writer(ds.remove_columns(['rejected']), tmp_path/'out')
-    _err(e, None, 'rejected'); assert _listing(tmp_path) == []
-
 def test_existing_folder_is_not_overwritten(toy):
     before = _listing(toy/'images')
     with pytest.raises(FileExistsError): write_toy_dataset(3, toy, progress=False)
@@ -135,3 +96,48 @@ def test_many_negatives(tmp_path):
         assert r['neg_factors'] == ['object', 'color', 'context', 'position', 'size', 'object', 'color', 'context']
     with pytest.raises(ValueError, match='n_neg'): write_toy_dataset(2, tmp_path/'u', n_neg=17, progress=False)
     assert not (tmp_path/'u').exists()
+
+# ---- a writer killed with SIGKILL, and the command line ----
+
+def _mmpo(*args, **kw):
+    return subprocess.Popen([sys.executable, '-c', 'from mmpo_nb.cli import app; app()', *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+@pytest.mark.slow
+def test_kill_9_leaves_a_temp_folder_that_the_next_run_removes(tmp_path):
+    out = tmp_path/'toy'
+    p = _mmpo('data', 'toy', '--n', '100000', '--out', str(out))
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:           # wait until the writer is half-way: its temp folder holds images
+            tmps = list(tmp_path.glob('.toy.*'))
+            if tmps and (tmps[0]/'images').is_dir() and len(os.listdir(tmps[0]/'images')) > 20: break
+            assert p.poll() is None, p.communicate()
+            time.sleep(0.2)
+        else: pytest.fail('the writer never started')
+        os.kill(p.pid, signal.SIGKILL); p.wait()
+    finally:
+        if p.poll() is None: p.kill(); p.wait()
+    assert p.returncode == -signal.SIGKILL
+    stale = list(tmp_path.glob('.toy.*')); assert len(stale) == 1 and not out.exists()   # kill -9 runs no cleanup
+    r = _mmpo('data', 'toy', '--n', '3', '--out', str(out)); _, err = r.communicate(timeout=300)
+    assert r.returncode == 0, err
+    assert _listing(tmp_path) == ['toy'] and check_dataset(out).rows == 3          # the stale temp folder is gone
+
+def test_cli_existing_folder_names_the_flag(toy):
+    r = _mmpo('data', 'toy', '--n', '2', '--out', str(toy)); _, err = r.communicate(timeout=300)
+    assert r.returncode == 2 and err.count('\n') == 1 and err.startswith('error: ') and '--overwrite' in err, err
+
+# ---- properties ----
+
+SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, detailed, "
+          "and polite answers to the user's questions. ")
+questions = st.text(st.characters(blacklist_categories=('Cs',)), min_size=1, max_size=60).filter(
+    lambda q: q.strip() and 'USER:' not in q and 'ASSISTANT:' not in q)
+
+@settings(max_examples=200, deadline=None)
+@given(q=questions, system=st.sampled_from(['', SYSTEM]), n_img=st.integers(0, 3))
+def test_unwrap_recovers_the_question(q, system, n_img):
+    places = '\n'.join([IMAGE_PLACE] * n_img)
+    plain = (places + '\n' + q if n_img else q).strip()
+    assert unwrap_prompt(f"{system}USER: {plain} ASSISTANT:") == (plain, 'llava-v1')
+    assert unwrap_prompt(plain) == (plain, None)                                 # a plain prompt is never touched

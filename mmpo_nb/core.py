@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['seed_everything', 'get_device', 'runs_dir', 'DataError', 'stale_temp_dirs', 'atomic_dir']
+__all__ = ['IMAGE_PLACEHOLDER', 'seed_everything', 'get_device', 'runs_dir', 'DataError', 'stale_temp_dirs', 'atomic_dir']
 
 # %% ../nbs/00_core.ipynb #51cce9ea
 def seed_everything(seed:int=0 # seed for `random`, `numpy` and `torch` (CPU and CUDA)
@@ -57,6 +57,9 @@ class DataError(ValueError):
         where = ', '.join(f'{k} {v!r}' if k != 'row' else f'row {v}' for k,v in
                           (('file',None if file is None else str(file)),('row',row),('column',column)) if v is not None)
         super().__init__(f"{where}: {problem}" if where else problem)
+
+# %% ../nbs/00_core.ipynb #9600e13e
+IMAGE_PLACEHOLDER = "<image>"   # generic image place in a prompt
 
 # %% ../nbs/00_core.ipynb #7f25617d
 def _alive(pid:int)->bool:

@@ -14,13 +14,13 @@ import pyarrow as pa, pyarrow.parquet as pq
 import datasets
 from PIL import Image
 from tqdm.auto import tqdm
-from .core import DataError, atomic_dir
+from .core import DataError, atomic_dir, IMAGE_PLACEHOLDER
 from .text import split_sentences, sentence_spans
 from .toyworld import (ToyWorld, WorldConfig, Scene, describe, questions, scene_diff,
                               DESCRIBE_PROMPTS, DEFAULT_PARTS, HALLUCINATION_KINDS, EDIT_FACTORS, NUMBERS, FLIP, PLACES)
 
 # %% auto #0
-__all__ = ['TRL_COLUMNS', 'DEFAULT_NEG_FACTORS', 'FORMATS', 'IMAGE_PLACE', 'CHAT_TEMPLATES', 'METHOD_COLUMNS', 'toy_row',
+__all__ = ['TRL_COLUMNS', 'DEFAULT_NEG_FACTORS', 'FORMATS', 'CHAT_TEMPLATES', 'METHOD_COLUMNS', 'toy_row',
            'toy_preference_dataset', 'answer_text', 'unwrap_prompt', 'LoadedTable', 'load_table', 'read_dataset',
            'read_rlaif_parquet', 'read_mdpo_json', 'write_rlaif_parquet', 'write_mdpo_json', 'write_trl_parquet',
            'write_toy_dataset', 'DatasetSummary', 'check_dataset']
@@ -120,7 +120,6 @@ def answer_text(v)->str|None:
     return None
 
 # %% ../nbs/01a_data.ipynb #b1b9db26
-IMAGE_PLACE = '<image>'
 CHAT_TEMPLATES = {   # single-turn prompts rendered with a chat template, the user turn captured as `q`
     'llava-v1': r"(?:A chat between[^\n]*?\s+)?USER:\s*(?P<q>(?:(?!USER:|ASSISTANT:).)*?)\s*ASSISTANT:",
     'vicuna-v0': r"(?:A chat between[^\n]*?\s+)?###\s*Human:\s*(?P<q>(?:(?!###).)*?)\s*###\s*Assistant:",
@@ -137,7 +136,7 @@ def unwrap_prompt(prompt:str # a prompt as stored in a dataset
     "Strip a chat template baked into a prompt (LLaVA-1.5's 'USER: ... ASSISTANT:', ChatML, ...), keeping the `<image>` places."
     for name, rx in _TEMPLATE_RES.items():
         m = rx.match(prompt)
-        if m: return _VISION_MARKS.sub(IMAGE_PLACE, m['q']).strip(), name
+        if m: return _VISION_MARKS.sub(IMAGE_PLACEHOLDER, m['q']).strip(), name
     return prompt, None
 
 # %% ../nbs/01a_data.ipynb #272b4bfc
@@ -152,8 +151,8 @@ METHOD_COLUMNS = {   # optional per-method columns, checked row by row when pres
 
 def _check_image_places(prompt:str, n:int, file, row, column):
     "A prompt names either no `<image>` place (they are implied) or one per image."
-    k = (prompt or '').count(IMAGE_PLACE)
-    if k and k != n: raise DataError(f"the prompt has {k} {IMAGE_PLACE} places but the row has {n} image{'s' * (n != 1)}", file=file, row=row, column=column)
+    k = (prompt or '').count(IMAGE_PLACEHOLDER)
+    if k and k != n: raise DataError(f"the prompt has {k} {IMAGE_PLACEHOLDER} places but the row has {n} image{'s' * (n != 1)}", file=file, row=row, column=column)
 
 def _numbers(v, file, row, column)->list:
     if not isinstance(v, (list, tuple)) or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v):
@@ -421,7 +420,7 @@ class DatasetSummary:
              f"  sentences per answer: chosen {self.sentences_chosen:.2f}, rejected {self.sentences_rejected:.2f}"]
         if self.method_columns: s.append(f"  method columns: {', '.join(self.method_columns)}")
         for t, n in self.unwrapped.items():
-            s.append(f"  prompts: unwrapped the {t} chat template from {n} of {self.rows} prompts (kept the question and its {IMAGE_PLACE} places)")
+            s.append(f"  prompts: unwrapped the {t} chat template from {n} of {self.rows} prompts (kept the question and its {IMAGE_PLACEHOLDER} places)")
         if self.kinds: s.append('  rejected kinds: ' + ', '.join(f"{k} {v}" for k, v in self.kinds.items()))
         return '\n'.join(s + ['  OK'])
 

@@ -16,14 +16,14 @@ from transformers import (PreTrainedTokenizerFast, CLIPImageProcessor, LlavaProc
                           LlamaConfig, LlavaForConditionalGeneration, AutoModelForImageTextToText, AutoProcessor)
 from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from peft import LoraConfig, PeftModel, get_peft_model
-from .core import seed_everything, atomic_dir, DataError
+from .core import seed_everything, atomic_dir, DataError, IMAGE_PLACEHOLDER
 from .text import sentence_spans
 
 # %% auto #0
-__all__ = ['TOY_CHAT_TEMPLATE', 'IMAGE_PLACEHOLDER', 'LM_LINEAR', 'build_toy_tokenizer', 'build_tiny_llava',
-           'init_vision_from_open_clip', 'llava_kwargs_from_open_clip', 'save_vlm', 'load_vlm', 'encode_batch',
-           'batch_to', 'model_inputs', 'response_logps', 'sum_logps', 'mean_logps', 'sentence_logps', 'lm_lora_regex',
-           'add_lora', 'reference_logps', 'save_adapter', 'load_adapter', 'merge_adapter', 'eval_mode', 'generate',
+__all__ = ['TOY_CHAT_TEMPLATE', 'LM_LINEAR', 'build_toy_tokenizer', 'build_tiny_llava', 'init_vision_from_open_clip',
+           'llava_kwargs_from_open_clip', 'save_vlm', 'load_vlm', 'encode_batch', 'batch_to', 'model_inputs',
+           'response_logps', 'sum_logps', 'mean_logps', 'sentence_logps', 'lm_lora_regex', 'add_lora',
+           'reference_logps', 'save_adapter', 'load_adapter', 'merge_adapter', 'eval_mode', 'generate',
            'eager_attention', 'image_attention', 'image_attention_ratio']
 
 # %% ../nbs/03a_vlm.ipynb #b8d6fdf1
@@ -42,7 +42,6 @@ TOY_CHAT_TEMPLATE = (
     "{%- endif -%}{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{ 'ASSISTANT:' }}{%- endif -%}")
 
-IMAGE_PLACEHOLDER = "<image>" # generic image placeholder accepted in prompts, whatever the model's own image token
 
 def _toy_pre_tokenizer():
     return pre_tokenizers.Sequence([

@@ -6,7 +6,8 @@ from mmpo_nb.core import DataError
 from mmpo_nb.toyworld import ToyWorld, Scene
 from hypothesis import given, settings, strategies as st
 from mmpo_nb.data import (toy_preference_dataset, write_toy_dataset, check_dataset, read_dataset, read_rlaif_parquet,
-                          read_mdpo_json, write_rlaif_parquet, write_mdpo_json, write_trl_parquet, unwrap_prompt, IMAGE_PLACE)
+                          read_mdpo_json, write_rlaif_parquet, write_mdpo_json, write_trl_parquet, unwrap_prompt)
+from mmpo_nb.core import IMAGE_PLACEHOLDER
 
 datasets.disable_progress_bars()
 
@@ -137,7 +138,7 @@ questions = st.text(st.characters(blacklist_categories=('Cs',)), min_size=1, max
 @settings(max_examples=200, deadline=None)
 @given(q=questions, system=st.sampled_from(['', SYSTEM]), n_img=st.integers(0, 3))
 def test_unwrap_recovers_the_question(q, system, n_img):
-    places = '\n'.join([IMAGE_PLACE] * n_img)
+    places = '\n'.join([IMAGE_PLACEHOLDER] * n_img)
     plain = (places + '\n' + q if n_img else q).strip()
     assert unwrap_prompt(f"{system}USER: {plain} ASSISTANT:") == (plain, 'llava-v1')
     assert unwrap_prompt(plain) == (plain, None)                                 # a plain prompt is never touched

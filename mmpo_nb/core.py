@@ -58,7 +58,7 @@ class DataError(ValueError):
                           (('file',None if file is None else str(file)),('row',row),('column',column)) if v is not None)
         super().__init__(f"{where}: {problem}" if where else problem)
 
-# %% ../nbs/00_core.ipynb #9600e13e
+# %% ../nbs/00_core.ipynb #342aa2fb
 IMAGE_PLACEHOLDER = "<image>"   # generic image place in a prompt
 
 # %% ../nbs/00_core.ipynb #7f25617d

@@ -2,6 +2,7 @@
 
 Modules:
 
-- `mmpo_nb.selection`: Outer-product CLIP features, SAE scores, greedy diverse picks of K negative images, the proposal q_φ, and a quantitative check of which latent means which visual error."""
+- `mmpo_nb.selection`: Outer-product CLIP features, SAE scores, greedy diverse picks of K negative images, the proposal q_φ, and a quantitative check of which latent means which visual error.
+- `mmpo_nb.viz`: Plain matplotlib views of the SAE, MISP selection, ASPO weights and preference training: they work in scripts, in the HTML docs, and are what `mmpo_nb.widgets` composes into live widgets."""
 
 __version__ = "0.0.1"

@@ -96,15 +96,19 @@ def _echo_json(d:dict):
 @train_app.command('clip')
 def train_clip_cmd(out:Optional[Path]=typer.Option(None, help="Checkpoint folder (default runs/clip/<model>)."),
                    model:str=typer.Option('mmpo-tiny', help="open_clip model name (a registered config)."),
-                   n_scenes:int=typer.Option(16000, help="Scenes rendered once and reused every epoch."),
-                   epochs:int=typer.Option(8, help="Passes over the scenes."),
-                   batch_size:int=typer.Option(128, help="Batch size (= negatives per sample in the loss)."),
-                   lr:float=typer.Option(2e-3, help="Peak learning rate."),
+                   preset:str=typer.Option('full', help="'full' (ClipTrainConfig()) or 'demo' (ClipTrainConfig.demo(), the demo's cheaper run)."),
+                   n_scenes:Optional[int]=typer.Option(None, help="Scenes rendered once and reused every epoch (default: the preset's)."),
+                   epochs:Optional[int]=typer.Option(None, help="Passes over the scenes (default: the preset's)."),
+                   batch_size:Optional[int]=typer.Option(None, help="Batch size (= negatives per sample in the loss; default: the preset's)."),
+                   lr:Optional[float]=typer.Option(None, help="Peak learning rate (default: the preset's)."),
                    seed:int=typer.Option(0, help="World and training seed."),
                    eval_n:int=typer.Option(500, help="Held-out scenes per evaluation split (0 = skip).")):
     "Train the tiny CLIP contrastively on the toy world, with a progress bar; print its evaluation."
-    from mmpo_nb.clip import ClipTrainConfig, train_clip
-    try: cfg = ClipTrainConfig(model=model, n_scenes=n_scenes, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+    from mmpo_nb.toyclip import ClipTrainConfig, train_clip
+    from dataclasses import replace
+    if preset not in ('full', 'demo'): _fail(ValueError(f"--preset must be 'full' or 'demo', not {preset!r}"))
+    given = {k: v for k, v in dict(n_scenes=n_scenes, epochs=epochs, batch_size=batch_size, lr=lr).items() if v is not None}
+    try: cfg = replace(ClipTrainConfig.demo() if preset == 'demo' else ClipTrainConfig(), model=model, seed=seed, **given)
     except ValueError as e: _fail(e)
     ckpt = train_clip(cfg, out=out, eval_n=eval_n)
     typer.echo(f"checkpoint: {ckpt}")
@@ -116,7 +120,8 @@ def eval_clip_cmd(ckpt:Path=typer.Argument(..., help="CLIP checkpoint file or fo
                   n:int=typer.Option(500, help="Held-out scenes per split."),
                   seed:int=typer.Option(1, help="Held-out world seed.")):
     "Zero-shot object accuracy and presence AUROC of a CLIP checkpoint on held-out toy scenes."
-    from mmpo_nb.clip import load_clip, evaluate_clip
+    from mmpo_nb.clip import load_clip
+    from mmpo_nb.toyclip import evaluate_clip
     try: clip = load_clip(model, ckpt, device='cpu')
     except (ValueError, FileNotFoundError, RuntimeError) as e: _fail(e)
     _echo_json(evaluate_clip(clip, n=n, seed=seed))

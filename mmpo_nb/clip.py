@@ -1,4 +1,4 @@
-"""Load any open_clip model from a local checkpoint, embed images and texts, and train a tiny CLIP on the toy world.
+"""Load any open_clip model from a local checkpoint, embed images and texts, and save a model as a checkpoint folder.
 
 Docs: https://mmpo-nb.github.io/mmpo-nb/clip.html.md"""
 
@@ -6,38 +6,36 @@ Docs: https://mmpo-nb.github.io/mmpo-nb/clip.html.md"""
 
 # %% ../nbs/03_clip.ipynb #410c39e1
 from __future__ import annotations
-import json, math, time
-from dataclasses import dataclass, field, asdict, replace
+import hashlib, json, os, tempfile
 from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
-import numpy as np
 import torch
-import torch.nn.functional as F
 import open_clip
-from open_clip.factory import _MODEL_CONFIGS, parse_model_name, get_model_config
-from open_clip.loss import ClipLoss
 from PIL import Image
 from safetensors.torch import save_file
-from sklearn.metrics import roc_auc_score
-from tqdm.auto import tqdm
-from .core import seed_everything, get_device, runs_dir, atomic_dir
-from .toyworld import ToyWorld, WorldConfig, Scene, SceneObject
+from .core import get_device, atomic_dir, DataError
 
 # %% auto #0
 __all__ = ['MMPO_TINY', 'MMPO_TINY_VIT', 'CHECKPOINT_NAME', 'register_clip_config', 'Clip', 'load_clip', 'embed_images',
-           'embed_texts', 'balanced_scene', 'caption_variants', 'ClipTrainConfig', 'cosine_lr', 'ClipData',
-           'build_clip_data', 'normalizer', 'random_shift', 'save_clip', 'train_clip', 'evaluate_clip']
+           'embed_texts', 'save_clip']
 
 # %% ../nbs/03_clip.ipynb #6c287c80
+def _config_root()->Path: return Path(os.environ.get('MMPO_CACHE', Path(tempfile.gettempdir())/'mmpo_nb'))/'open_clip_configs'
+
 def register_clip_config(name:str, # model name to register, e.g. "mmpo-tiny"
                          cfg:dict, # open_clip model config with `embed_dim`, `vision_cfg`, `text_cfg`
-                         overwrite:bool=True)->str: # replace an existing config of that name
-    "Add a model config to open_clip's registry so `open_clip.create_model(name)` builds it."
+                         overwrite:bool=True)->Path: # replace an existing config of that name
+    "Write `cfg` to `<name>.json` in a cache folder and register it with `open_clip.add_model_config`; return the file."
     missing = [k for k in ('embed_dim', 'vision_cfg', 'text_cfg') if k not in cfg]
     if missing: raise ValueError(f"open_clip config {name!r} lacks {missing}")
-    if name in _MODEL_CONFIGS and not overwrite: raise ValueError(f"open_clip already has a model config called {name!r}")
-    _MODEL_CONFIGS[name] = json.loads(json.dumps(cfg))   # a private copy, as open_clip's own loader makes
-    return name
+    if name in open_clip.list_models() and not overwrite: raise ValueError(f"open_clip already has a model config called {name!r}")
+    text = json.dumps(cfg, indent=1, sort_keys=True)
+    f = _config_root()/hashlib.sha256(text.encode()).hexdigest()[:16]/f'{name}.json'
+    if not f.is_file() or f.read_text() != text:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        tmp = f.with_name(f'.{name}.{os.getpid()}.tmp'); tmp.write_text(text); os.replace(tmp, f)   # atomic: readers never see half a file
+    open_clip.add_model_config(f)
+    return f
 
 _TEXT = dict(context_length=24, vocab_size=49408, width=64, heads=2, layers=1)
 MMPO_TINY = dict(embed_dim=64, vision_cfg=dict(image_size=64, layers=[1, 1, 1, 1], width=16, head_width=64), text_cfg=_TEXT)
@@ -69,17 +67,22 @@ def load_clip(name:str, # open_clip model name ("ViT-B-32", "mmpo-tiny", ...) or
               device:str|torch.device|None=None, # default: `get_device()`
              )->Clip:
     "Build an open_clip model by name and load its weights from a local checkpoint (never downloads)."
-    schema, ident = parse_model_name(name)
-    if schema == 'hf-hub': raise ValueError(f"load_clip never downloads ({name!r}); save the model to a folder and pass 'local-dir:FOLDER'")
-    if schema == 'local-dir':
-        if not (Path(ident)/'open_clip_config.json').is_file(): raise FileNotFoundError(f"CLIP folder {ident} has no open_clip_config.json")
+    if name.startswith('hf-hub:'): raise ValueError(f"load_clip never downloads ({name!r}); save the model to a folder and pass 'local-dir:FOLDER'")
+    src = None
+    if name.startswith('local-dir:'):
+        src = Path(name[len('local-dir:'):])
+        if not (src/'open_clip_config.json').is_file(): raise FileNotFoundError(f"CLIP folder {src} has no open_clip_config.json")
         if pretrained is not None: raise ValueError(f"{name!r} names its own weights; leave pretrained=None")
-    elif name not in _MODEL_CONFIGS:
+    elif name not in open_clip.list_models():
         raise ValueError(f"unknown open_clip model name {name!r}; see open_clip.list_models() (e.g. 'ViT-B-32', 'mmpo-tiny')")
-    ckpt = None if pretrained is None else str(_resolve_checkpoint(pretrained))
+    ckpt = None if pretrained is None else _resolve_checkpoint(pretrained)
     device = device if isinstance(device, torch.device) else get_device(device)
-    model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=ckpt, device=device,
-                                                                 pretrained_image=False, pretrained_text=False)
+    try: model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None if ckpt is None else str(ckpt), device=device,
+                                                                      pretrained_image=False, pretrained_text=False)
+    except Exception as e:
+        if ckpt is None and src is None: raise
+        why = (str(e).strip().splitlines() or [''])[0][:200]
+        raise DataError(f"not a readable {name} checkpoint ({type(e).__name__}: {why})", file=ckpt or src) from e
     return Clip(model.eval(), preprocess, open_clip.get_tokenizer(name), name)
 
 # %% ../nbs/03_clip.ipynb #2e6e3b12
@@ -118,213 +121,16 @@ def embed_texts(clip:Clip, # from `load_clip`
     finally: m.train(was)
     return torch.cat(out)
 
-# %% ../nbs/03_clip.ipynb #d2434421
-def balanced_scene(world:ToyWorld, # supplies classes, colours, contexts and `p_large`
-                   i:int, # scene index
-                   n_objects:int=1, # objects in the scene (distinct cells)
-                   seed:int=0)->Scene: # RNG stream is (seed, i)
-    "A scene whose context, classes, colours, sizes and cells are drawn uniformly and independently (no planted priors)."
-    rng = np.random.default_rng([seed, i, 7])
-    ctx = world.contexts[rng.integers(len(world.contexts))]
-    objs = [SceneObject(world.classes[rng.integers(len(world.classes))], world.colors[rng.integers(len(world.colors))],
-                        ('small', 'large')[int(rng.random() < world.cfg.p_large)], int(p) // 3, int(p) % 3)
-            for p in rng.permutation(9)[:n_objects]]
-    return Scene(f"b{seed}-{i:06d}", int(i), seed, ctx, sorted(objs, key=lambda o: (o.row, o.col)))
-
-def _phrase(o:SceneObject, color=True, size=False):
-    words = ([o.size] if size else []) + ([o.color] if color else []) + [o.name]
-    return ('an ' if words[0][0] in 'aeiou' else 'a ') + ' '.join(words)
-
-def caption_variants(scene:Scene, # ground truth
-                     rng:np.random.Generator|None=None, # shuffles the object order
-                    )->list[str]: # six captions, all true of the scene
-    "Captions that name the shapes: one object alone, all objects, with colours, sizes and the context."
-    objs = list(scene.objects)
-    if rng is not None: rng.shuffle(objs)
-    def listing(color, size=False):
-        ps = [_phrase(o, color, size) for o in objs]
-        return ps[0] if len(ps) == 1 else ', '.join(ps[:-1]) + ' and ' + ps[-1]
-    x = scene.context
-    return [f"a photo of {_phrase(objs[0], False)}", f"a photo of {listing(False)}", listing(True),
-            f"{listing(True, True)} in a {x}", f"a photo of {listing(False)} in a {x}", f"a {x} with {listing(True)}"]
-
-# %% ../nbs/03_clip.ipynb #9c21b28e
-@dataclass
-class ClipTrainConfig:
-    "Contrastive training of an open_clip model on the toy world."
-    model:str = 'mmpo-tiny'          # open_clip model name (a registered config; built randomly)
-    world:WorldConfig = field(default_factory=WorldConfig)  # the toy world that supplies scenes and image size
-    n_scenes:int = 18000             # scenes rendered once and reused every epoch
-    balanced_frac:float = 0.6        # share of scenes drawn without the planted priors (see `balanced_scene`)
-    balanced_max_objects:int = 2     # balanced scenes hold 1..this many objects
-    epochs:int = 5
-    batch_size:int = 128             # also the number of negatives per sample in the contrastive loss
-    lr:float = 2e-3                  # peak learning rate (AdamW), reached after warm-up, then cosine decay to 0
-    weight_decay:float = 0.1         # on weight matrices only (not on norms, biases, embeddings, logit scale)
-    warmup_frac:float = 0.05         # share of the steps spent in linear warm-up
-    short_caption_p:float = 0.5      # chance of the short shape-only caption (variant 0, the zero-shot prompt); else a uniform pick
-    shift:int = 2                    # augmentation: random translation by up to this many pixels (edges replicated)
-    seed:int = 0
-    device:str|None = None           # None = `get_device()`
-    threads:int|None = 1             # torch CPU threads while training (1 is fastest on a busy shared CPU); None = leave as is
-
-    def __post_init__(self):
-        if isinstance(self.world, dict): self.world = WorldConfig(**self.world)
-        if self.model not in _MODEL_CONFIGS: raise ValueError(f"unknown open_clip model name {self.model!r}")
-        if self.batch_size < 2: raise ValueError(f"batch_size must be >= 2 for a contrastive loss, got {self.batch_size}")
-        if self.n_scenes < self.batch_size: raise ValueError(f"n_scenes ({self.n_scenes}) must be >= batch_size ({self.batch_size})")
-        for k in ('balanced_frac', 'short_caption_p', 'warmup_frac'):
-            if not 0 <= getattr(self, k) <= 1: raise ValueError(f"{k} must be in [0, 1], got {getattr(self, k)}")
-        if not 1 <= self.balanced_max_objects <= 9: raise ValueError(f"balanced_max_objects must be in 1..9, got {self.balanced_max_objects}")
-        if self.epochs < 1 or self.lr <= 0: raise ValueError(f"need epochs >= 1 and lr > 0, got {self.epochs}, {self.lr}")
-
-# %% ../nbs/03_clip.ipynb #838573e2
-def cosine_lr(step:int, # current step, 0-based
-              total:int, # total steps T
-              warmup:int, # warm-up steps W
-              base:float)->float: # peak learning rate
-    "Linear warm-up then cosine decay to zero (and zero after `total`)."
-    if step < warmup: return base * (step + 1) / warmup
-    return base * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
-
-# %% ../nbs/03_clip.ipynb #cfe46743
-class ClipData(NamedTuple):
-    "A rendered toy training set."
-    images: torch.Tensor   # (N, 3, S, S) uint8
-    tokens: torch.Tensor   # (U, context_length) token ids of the U distinct captions
-    caption_ix: torch.Tensor  # (N, V) index into `tokens` of each scene's V caption variants
-    scenes: list           # the N ground-truth scenes
-
-def _to_uint8(im:Image.Image)->torch.Tensor: return torch.from_numpy(np.array(im)).permute(2, 0, 1)
-
-def build_clip_data(cfg:ClipTrainConfig, # supplies world, n_scenes, balanced_frac, balanced_max_objects, seed
-                    tokenizer:Callable, # open_clip tokenizer
-                    progress:bool=True)->ClipData:
-    "Render the training scenes (world scenes + balanced scenes) and tokenize their caption variants."
-    w, rng = ToyWorld(cfg.world), np.random.default_rng(cfg.seed)
-    n_bal = int(round(cfg.n_scenes * cfg.balanced_frac))
-    scenes = w.scenes(cfg.n_scenes - n_bal)
-    scenes += [balanced_scene(w, i, 1 + i % cfg.balanced_max_objects, cfg.seed + 10_000) for i in range(n_bal)]
-    imgs = torch.stack([_to_uint8(w.render(s)) for s in tqdm(scenes, desc='rendering', disable=not progress, leave=False)])
-    caps = [caption_variants(s, rng) for s in scenes]
-    uniq = sorted({c for cs in caps for c in cs}); ix = {c: k for k, c in enumerate(uniq)}
-    toks = torch.cat([tokenizer(uniq[i:i+4096]) for i in range(0, len(uniq), 4096)])
-    return ClipData(imgs, toks, torch.tensor([[ix[c] for c in cs] for cs in caps]), scenes)
-
-def normalizer(model:torch.nn.Module)->Callable:
-    "uint8 (N, 3, H, W) -> float tensor normalised with the model's preprocessing mean and std."
-    pp = model.visual.preprocess_cfg
-    mean, std = torch.tensor(pp['mean']).view(1, 3, 1, 1), torch.tensor(pp['std']).view(1, 3, 1, 1)
-    return lambda x: (x.float() / 255 - mean) / std
-
-def random_shift(x:torch.Tensor, # (B, C, H, W)
-                 k:int, # max shift in pixels
-                 g:torch.Generator|None=None)->torch.Tensor:
-    "Translate each image by up to `k` pixels in each direction, replicating the edges."
-    if k == 0: return x
-    B, C, H, W = x.shape
-    xp = F.pad(x, (k, k, k, k), mode='replicate')
-    dy, dx = torch.randint(0, 2*k + 1, (2, B), generator=g).tolist()
-    return torch.stack([xp[b, :, dy[b]:dy[b]+H, dx[b]:dx[b]+W] for b in range(B)])
-
 # %% ../nbs/03_clip.ipynb #c0866717
-def _param_groups(model, weight_decay):
-    decay = lambda n, p: p.ndim >= 2 and 'embedding' not in n and 'token' not in n
-    return [dict(params=[p for n, p in model.named_parameters() if decay(n, p)], weight_decay=weight_decay),
-            dict(params=[p for n, p in model.named_parameters() if not decay(n, p)], weight_decay=0.)]
-
 def save_clip(model:torch.nn.Module, # open_clip model
               name:str, # its registered config name
               out:str|Path, # folder to write (replaced if it exists)
               extra:dict|None=None, # {file name: JSON-able object} written alongside
              )->Path: # the checkpoint file
     "Save an open_clip model as `open_clip_model.safetensors` + `open_clip_config.json` in a folder, atomically."
-    cfg = {'model_cfg': get_model_config(name), 'preprocess_cfg': dict(model.visual.preprocess_cfg)}
+    cfg = {'model_cfg': open_clip.get_model_config(name), 'preprocess_cfg': dict(model.visual.preprocess_cfg)}
     with atomic_dir(out, overwrite=True) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp/CHECKPOINT_NAME))
         (tmp/'open_clip_config.json').write_text(json.dumps(cfg, indent=1))
         for fn, obj in (extra or {}).items(): (tmp/fn).write_text(json.dumps(obj, indent=1))
     return Path(out)/CHECKPOINT_NAME
-
-def train_clip(cfg:ClipTrainConfig, # what to train and how
-               out:str|Path|None=None, # checkpoint folder; default `runs_dir('clip', cfg.model)`
-               progress:bool=True, # tqdm bar
-               eval_every:int=0, # run `evaluate_clip` (n=200) every this many epochs; 0 = only at the end
-               eval_n:int=500, # scenes per evaluation split at the end (0 = skip)
-              )->Path: # the checkpoint file (`open_clip_model.safetensors` in `out`)
-    "Train an open_clip model contrastively on the toy world with open_clip's `ClipLoss`; save it and return the checkpoint path."
-    g = seed_everything(cfg.seed)
-    old_threads = torch.get_num_threads()
-    if cfg.threads: torch.set_num_threads(cfg.threads)
-    try:
-        dev = get_device(cfg.device)
-        model = open_clip.create_model(cfg.model, device=dev, output_dict=True, pretrained_image=False, pretrained_text=False)
-        tok = open_clip.get_tokenizer(cfg.model)
-        t0 = time.time()
-        data = build_clip_data(cfg, tok, progress)
-        t_data, norm = time.time() - t0, normalizer(model)
-        opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
-        loss_fn = ClipLoss()
-        N = len(data.images); per_epoch = N // cfg.batch_size; total = per_epoch * cfg.epochs
-        warm = max(1, int(cfg.warmup_frac * total))
-        step, history, t_eval, t1 = 0, [], 0., time.time()
-        model.train()
-        bar = tqdm(total=total, desc=f'training {cfg.model}', disable=not progress)
-        for ep in range(cfg.epochs):
-            perm = torch.randperm(N, generator=g)
-            for b in range(per_epoch):
-                idx = perm[b*cfg.batch_size:(b+1)*cfg.batch_size]
-                x = random_shift(norm(data.images[idx]), cfg.shift, g).to(dev)
-                v = torch.randint(1, data.caption_ix.shape[1], (len(idx),), generator=g)   # one caption variant per scene,
-                v[torch.rand(len(idx), generator=g) < cfg.short_caption_p] = 0                 # the short one with prob. short_caption_p
-                t = data.tokens[data.caption_ix[idx, v]].to(dev)
-                lr = cosine_lr(step, total, warm, cfg.lr)
-                for grp in opt.param_groups: grp['lr'] = lr
-                o = model(x, t)
-                loss = loss_fn(o['image_features'], o['text_features'], o['logit_scale'])
-                opt.zero_grad(set_to_none=True); loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0); opt.step()
-                with torch.no_grad(): model.logit_scale.clamp_(0, math.log(100))
-                step += 1; bar.update(1)
-                if step % 10 == 0 or step == total:
-                    history.append({'step': step, 'epoch': ep, 'loss': round(loss.item(), 4), 'lr': lr,
-                                    'logit_scale': round(model.logit_scale.exp().item(), 2)})
-                    bar.set_postfix(loss=f"{loss.item():.3f}", epoch=ep)
-            if eval_every and (ep + 1) % eval_every == 0 and ep + 1 < cfg.epochs:
-                te = time.time(); model.eval()
-                r = evaluate_clip(Clip(model, None, tok, cfg.model), cfg.world, n=200); model.train()
-                history.append({'step': step, 'epoch': ep, **r}); t_eval += time.time() - te
-                bar.write(f"epoch {ep+1}: {r}")
-        bar.close()
-        t_train = time.time() - t1 - t_eval
-        model.eval()
-        metrics = {'time/render_s': round(t_data, 1), 'time/train_s': round(t_train, 1), 'steps': step,
-                   'samples_per_s': round(step * cfg.batch_size / max(t_train, 1e-9), 1), 'threads': torch.get_num_threads()}
-        if eval_n: metrics |= evaluate_clip(Clip(model, None, tok, cfg.model), cfg.world, n=eval_n)
-        out = runs_dir('clip', cfg.model) if out is None else Path(out)
-        return save_clip(model, cfg.model, out, {'train_config.json': asdict(cfg), 'metrics.json': {**metrics, 'history': history}})
-    finally: torch.set_num_threads(old_threads)
-
-# %% ../nbs/03_clip.ipynb #a96f6d60
-def evaluate_clip(clip:Clip, # from `load_clip` (or any `Clip` tuple)
-                  world:WorldConfig|None=None, # world the model was trained on; default `WorldConfig()`
-                  n:int=500, # scenes per split
-                  seed:int=1, # held-out world seed (training uses `world.seed`, 0 by default)
-                  template:str='a photo of a {}', # class prompt
-                 )->dict: # zeroshot/acc, zeroshot/acc_balanced, presence/auroc, presence/auroc_centered
-    "Zero-shot object classification accuracy and presence AUROC on held-out toy scenes."
-    wc = replace(world or WorldConfig(), seed=seed)
-    w, w1, norm = ToyWorld(wc), ToyWorld(replace(wc, min_objects=1, max_objects=1)), normalizer(clip.model)
-    T = embed_texts(clip, [template.format(c) for c in w.classes])
-    def sims(world, scenes): return embed_images(clip, norm(torch.stack([_to_uint8(world.render(s)) for s in scenes]))) @ T.T
-    def acc(world, scenes):
-        y = torch.tensor([w.classes.index(s.objects[0].name) for s in scenes])
-        return sims(world, scenes).argmax(1).eq(y).float().mean().item()
-    res = {'zeroshot/acc': acc(w1, w1.scenes(n, start=10**6)),
-           'zeroshot/acc_balanced': acc(w, [balanced_scene(w, i, 1, seed + 20_000) for i in range(n)])}
-    multi = [s for s in w.scenes(3*n, start=2*10**6) if len(s.objects) >= 2][:n]
-    Y = np.array([[c in s.names for c in w.classes] for s in multi])
-    S = sims(w, multi).numpy()
-    res['presence/auroc'] = roc_auc_score(Y.ravel(), S.ravel())
-    res['presence/auroc_centered'] = roc_auc_score(Y.ravel(), (S - S.mean(1, keepdims=True)).ravel())
-    return {k: round(float(v), 4) for k, v in res.items()}

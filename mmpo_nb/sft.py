@@ -14,10 +14,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
+from transformers import get_cosine_schedule_with_warmup
 from .core import seed_everything, runs_dir, atomic_dir
 from .toyworld import (ToyWorld, WorldConfig, Scene, Question, describe, caption, questions, hallucinate,
                               DESCRIBE_PROMPTS, QUESTION_KINDS, HALLUCINATION_KINDS, SYNONYMS, NUMBERS, PLACES, COLORS, CONTEXTS)
-from .clip import cosine_lr
 from .metrics import build_pope, object_stats, pope_scores, chair, qa_accuracy, POPE_SPLITS
 from .vlm import build_toy_tokenizer, build_tiny_llava, init_vision_from_open_clip, save_vlm, load_vlm, generate, encode_batch
 
@@ -276,10 +276,10 @@ class SFTConfig:
 def _checkpoints(run:Path)->list[Path]:
     return sorted((p for p in run.glob('checkpoint-*') if (p/'trainer_state.pt').exists()), key=lambda p: int(p.name.split('-')[1]))
 
-def _save_checkpoint(run:Path, model, processor, opt, step:int, log:dict, keep:int):
+def _save_checkpoint(run:Path, model, processor, opt, sched, step:int, log:dict, keep:int):
     with atomic_dir(run/f'checkpoint-{step}', overwrite=True) as tmp:
         model.save_pretrained(tmp); processor.save_pretrained(tmp)
-        torch.save({'optimizer': opt.state_dict(), 'step': step, 'log': log}, tmp/'trainer_state.pt')
+        torch.save({'optimizer': opt.state_dict(), 'scheduler': sched.state_dict(), 'step': step, 'log': log}, tmp/'trainer_state.pt')
     for p in _checkpoints(run)[:-keep]: shutil.rmtree(p, ignore_errors=True)
 
 def _build(cfg:SFTConfig, world:ToyWorld):
@@ -317,7 +317,7 @@ def train_sft(cfg:SFTConfig, # what to train and how
     t0 = time.time()
     ckpts = _checkpoints(run)
     if ckpts:
-        model, processor = load_vlm(ckpts[-1]); state = torch.load(ckpts[-1]/'trainer_state.pt', weights_only=False)
+        model, processor = load_vlm(ckpts[-1]); state = torch.load(ckpts[-1]/'trainer_state.pt', weights_only=True)
         step, log = state['step'], state['log']
     else:
         model, processor = _build(cfg, world); state, step = None, 0
@@ -342,7 +342,8 @@ def train_sft(cfg:SFTConfig, # what to train and how
     no_decay = [p for n, p in trainable if p.ndim < 2]
     opt = torch.optim.AdamW([{'params': decay, 'weight_decay': cfg.weight_decay}, {'params': no_decay, 'weight_decay': 0.0}],
                             lr=cfg.lr, betas=(0.9, 0.98))
-    if state is not None: opt.load_state_dict(state['optimizer'])
+    sched = get_cosine_schedule_with_warmup(opt, cfg.warmup_steps, cfg.steps)
+    if state is not None: opt.load_state_dict(state['optimizer']); sched.load_state_dict(state['scheduler'])
     lengths = [len(x) for x in data.input_ids]
     per_epoch = math.ceil(len(lengths) / cfg.batch_size)
     pad = processor.tokenizer.pad_token_id
@@ -353,16 +354,15 @@ def train_sft(cfg:SFTConfig, # what to train and how
         batches = length_grouped_batches(lengths, cfg.batch_size, cfg.seed, epoch)
         for idx in batches[k:]:
             if step >= cfg.steps: break
-            for g in opt.param_groups: g['lr'] = cosine_lr(step, cfg.steps, cfg.warmup_steps, cfg.lr)
             loss = model(**sft_collate(data, idx, pad)).loss
             if not torch.isfinite(loss): raise FloatingPointError(f"SFT loss is {loss.item()} at step {step}; lower lr (now {cfg.lr})")
             loss.backward()
             torch.nn.utils.clip_grad_norm_([p for _, p in trainable], cfg.grad_clip)
-            opt.step(); opt.zero_grad(set_to_none=True)
+            opt.step(); sched.step(); opt.zero_grad(set_to_none=True)
             step += 1; log['loss'].append(loss.item()); bar.update(1); bar.set_postfix(loss=f'{loss.item():.3f}')
             if step % cfg.save_every == 0 or step == cfg.steps:
                 log['time']['sft_s'] = log['time'].get('sft_s', 0) + time.time() - t1; t1 = time.time()
-                _save_checkpoint(run, model, processor, opt, step, log, cfg.keep)
+                _save_checkpoint(run, model, processor, opt, sched, step, log, cfg.keep)
                 if max_minutes is not None and log['time']['sft_s'] > 60 * max_minutes and step < cfg.steps: stopped = True; break
         if stopped: break
     bar.close()

@@ -23,7 +23,8 @@ from .vlm import encode_batch, batch_to, model_inputs, eval_mode
 # %% auto #0
 __all__ = ['ERROR_LABELS', 'sample_answers', 'label_answer', 'is_hallucinated', 'correct_sentence', 'repair_description',
            'omit_object', 'description_pairs', 'omission_rows', 'flip_yes_no', 'yes_no_questions', 'yes_no_pair',
-           'balance_pairs', 'pair_stats', 'OwnPairsConfig', 'own_output_pairs', 'token_diff', 'token_diff_stats']
+           'balance_pairs', 'pair_stats', 'OwnPairsConfig', 'own_output_pairs', 'token_diff', 'token_diff_stats',
+           'write_pairs']
 
 # %% ../nbs/06_pairs.ipynb #b8269ac0
 @torch.no_grad()
@@ -311,4 +312,21 @@ def token_diff_stats(tokenizer, rows, # rows with 'chosen' and 'rejected' (a Dat
     if by:
         keys = [r[by] for r in rows]
         for k in sorted(set(keys)): out[k] = mean([d for d, kk in zip(ds, keys) if kk == k])
+    return out
+
+# %% ../nbs/06_pairs.ipynb #0c24669f
+def write_pairs(ds:datasets.Dataset, # TRL columns (+ any JSON-able extras)
+                out, # folder to create
+                meta:dict|None=None, # extra entries for meta.json (method, settings, counts)
+                overwrite:bool=False, progress:bool=False)->Path:
+    "Write a method's preference dataset with `data.write_rlaif_parquet` and record `meta`, atomically."
+    from mmpo_nb.core import atomic_dir
+    from mmpo_nb.data import write_rlaif_parquet
+    out = Path(out)
+    with atomic_dir(out, overwrite) as tmp:
+        write_rlaif_parquet(ds, tmp/'d', progress=progress)
+        for f in (tmp/'d').iterdir(): f.rename(tmp/f.name)
+        (tmp/'d').rmdir()
+        m = json.loads((tmp/'meta.json').read_text()) | (meta or {})
+        (tmp/'meta.json').write_text(json.dumps(m, indent=1, sort_keys=True, default=str))
     return out

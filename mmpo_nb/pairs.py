@@ -24,7 +24,7 @@ from .vlm import encode_batch, batch_to, model_inputs, eval_mode
 __all__ = ['ERROR_LABELS', 'sample_answers', 'label_answer', 'is_hallucinated', 'correct_sentence', 'repair_description',
            'omit_object', 'description_pairs', 'omission_rows', 'flip_yes_no', 'yes_no_questions', 'yes_no_pair',
            'balance_pairs', 'pair_stats', 'OwnPairsConfig', 'own_output_pairs', 'token_diff', 'token_diff_stats',
-           'write_pairs']
+           'write_pairs', 'world_of_dataset', 'dataset_scenes']
 
 # %% ../nbs/06_pairs.ipynb #b8269ac0
 @torch.no_grad()
@@ -329,4 +329,24 @@ def write_pairs(ds:datasets.Dataset, # TRL columns (+ any JSON-able extras)
         (tmp/'d').rmdir()
         m = json.loads((tmp/'meta.json').read_text()) | (meta or {})
         (tmp/'meta.json').write_text(json.dumps(m, indent=1, sort_keys=True, default=str))
+    return out
+
+# %% ../nbs/06_pairs.ipynb #1fce43ac
+def world_of_dataset(path, # dataset folder (or its table file)
+                     ds:datasets.Dataset|None=None)->ToyWorld:
+    "The toy world of a dataset: from meta.json's 'world', else `ToyWorld(seed=<first scene's seed>)`."
+    p = Path(path); meta = (p if p.is_dir() else p.parent)/'meta.json'
+    w = json.loads(meta.read_text()).get('world') if meta.exists() else None
+    if w: return ToyWorld(WorldConfig(**w))
+    seed = Scene.from_json(ds[0]['scene']).seed if ds is not None and 'scene' in ds.column_names else 0
+    return ToyWorld(seed=seed)
+
+def dataset_scenes(ds:datasets.Dataset, file=None)->list[Scene]:
+    "The toy scene of every row; one `DataError` naming the first row without one."
+    from mmpo_nb.core import DataError
+    if 'scene' not in ds.column_names: raise DataError("missing column: own-output pairs are labelled against the toy scene", file=file, column='scene')
+    out = []
+    for i, s in enumerate(ds['scene']):
+        try: out.append(Scene.from_json(s))
+        except Exception as e: raise DataError(f"not a toy scene ({e})", file=file, row=i, column='scene') from None
     return out

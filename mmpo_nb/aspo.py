@@ -108,6 +108,8 @@ class ASPOConfig:
     batch_size:int = 16
     seed:int = 0
 
+_CANDIDATE_COLS = ('neg_images', 'neg_image_ids', 'neg_image_paths', 'neg_factors', 'neg_diffs', 'neg_scenes')
+
 def aspo_dataset(ds:datasets.Dataset, # rows with `images` and `prompt` (and `chosen`/`rejected` for pairs='input')
                  model, processor, clip, # SFT model, its processor, a `clip.Clip`
                  cfg:ASPOConfig|None=None, progress:bool=False)->tuple[datasets.Dataset, dict]: # dataset, counts for meta.json
@@ -124,7 +126,8 @@ def aspo_dataset(ds:datasets.Dataset, # rows with `images` and `prompt` (and `ch
     sims, ppls = sentence_scores(model, processor, clip, [ims[r['index']] for r in rows], [r['prompt'] for r in rows],
                                  [r['chosen'] for r in rows], cfg.batch_size, progress)
     w = fuse_weights(sims, ppls, cfg.alpha)
-    keep = [c for c in ds.column_names if c not in ('images', 'prompt', 'chosen', 'rejected', 'chosen_labels', 'rejected_labels')]
+    drop = _CANDIDATE_COLS + (('kind', 'detail') if cfg.pairs == 'seva' else ())   # the input's negatives and its rejected's labels
+    keep = [c for c in ds.column_names if c not in ('images', 'prompt', 'chosen', 'rejected', 'chosen_labels', 'rejected_labels') + drop]
     cols = {k: [] for k in ['images', 'prompt', 'chosen', 'rejected', 'sent_weights', 'sent_clip_sims', 'sent_ppls'] + keep}
     has_scene = 'scene' in ds.column_names
     if has_scene: cols |= {'chosen_labels': [], 'rejected_labels': []}

@@ -16,7 +16,7 @@ from PIL import Image
 from .core import DataError
 from .toyworld import ToyWorld, Scene, HALLUCINATION_KINDS
 from .data import load_table, answer_text
-from .pairs import sample_answers, label_answer, is_hallucinated
+from .pairs import sample_answers, label_answer, is_hallucinated, ERROR_LABELS
 
 # %% auto #0
 __all__ = ['text_negatives', 'read_selection', 'MISPDataConfig', 'misp_dataset']
@@ -74,7 +74,7 @@ class MISPDataConfig:
     batch_size:int = 32
     seed:int = 0
 
-_DROP = ('neg_images', 'neg_image_ids', 'neg_image_paths', 'neg_factors', 'neg_diffs', 'neg_scenes', 'selected_neg_paths')
+_DROP = ('neg_images', 'neg_image_ids', 'neg_image_paths', 'neg_factors', 'neg_diffs', 'neg_scenes', 'selected_neg_paths', 'kind', 'detail')
 
 def misp_dataset(ds:datasets.Dataset, # toy rows: `images`, `prompt`, `chosen`, `scene` (e.g. `data.read_dataset`)
                  selection:dict[str, dict], # from `read_selection`
@@ -95,7 +95,7 @@ def misp_dataset(ds:datasets.Dataset, # toy rows: `images`, `prompt`, `chosen`, 
                              cfg.batch_size, progress)
     keep = [c for c in ds.column_names if c not in _DROP + ('images', 'prompt', 'chosen', 'rejected', 'rejected_labels')]
     cols = {k: [] for k in ['images', 'prompt', 'chosen', 'rejected', 'rejected_labels', 'neg_images', 'neg_image_ids', 'rejected_texts',
-                            'rejected_texts_labels', 'rejected_texts_sources'] + keep}
+                            'rejected_texts_labels', 'rejected_texts_sources', 'kind'] + keep}
     has_lq = all(selection[k]['log_q'] is not None for k in keys)
     if has_lq: cols['log_q'] = []
     n_own = 0
@@ -107,7 +107,8 @@ def misp_dataset(ds:datasets.Dataset, # toy rows: `images`, `prompt`, `chosen`, 
         sel = selection[k]
         for c, v in dict(images=[ims[i]], prompt=r['prompt'], chosen=chosen, rejected=negs[0][0], rejected_labels=negs[0][1],
                          neg_images=sel['images'], neg_image_ids=[f"{x}" for x in sel['ids']], rejected_texts=[t for t, _, _ in negs],
-                         rejected_texts_labels=[l for _, l, _ in negs], rejected_texts_sources=[s for _, _, s in negs]).items(): cols[c].append(v)
+                         rejected_texts_labels=[l for _, l, _ in negs], rejected_texts_sources=[s for _, _, s in negs],
+                         kind=next(x for x in negs[0][1] if x in ERROR_LABELS)).items(): cols[c].append(v)
         if has_lq: cols['log_q'].append([float(x) for x in sel['log_q']])
         for c in keep: cols[c].append(r[c])
     info = {'method': 'misp', 'misp': asdict(cfg), 'rows': len(ds), 'text_negatives': sum(map(len, cols['rejected_texts'])),

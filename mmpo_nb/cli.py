@@ -13,7 +13,7 @@ import mmpo_nb
 
 # %% auto #0
 __all__ = ['app', 'data_app', 'train_app', 'eval_app', 'main', 'docs', 'data_toy', 'data_check', 'train_clip_cmd',
-           'eval_clip_cmd', 'train_sft_cmd', 'eval_vlm_cmd', 'train_sae_cmd', 'select', 'demo']
+           'eval_clip_cmd', 'train_sft_cmd', 'eval_vlm_cmd', 'train_sae_cmd', 'select', 'data_miadpo', 'demo']
 
 # %% ../nbs/10_cli.ipynb #396df918
 app = typer.Typer(help="mmpo-nb: multimodal preference optimization against VLM hallucination, on a toy world or real checkpoints.",
@@ -185,6 +185,28 @@ def select(data:Path=typer.Option(..., help="Dataset folder or table file."),
                                 clip_name=clip_name, seed=seed)
     except (ValueError, FileNotFoundError, FileExistsError) as e: _fail(e)
     typer.echo(f"wrote selected negatives to {f}")
+
+# %% ../nbs/10_cli.ipynb #e66ecd2b
+@data_app.command('miadpo')
+def data_miadpo(data:Path=typer.Option(..., '--in', help="Input dataset folder or table (single-image rows with prompt and chosen)."),
+                model:Path=typer.Option(..., help="VLM folder (save_pretrained model + processor), e.g. runs/demo/sft/final."),
+                out:Path=typer.Option(..., help="Folder to create."),
+                n:Optional[int]=typer.Option(None, help="Use only the first N input rows."),
+                kinds:str=typer.Option('sequence,grid,pip', help="Augmentations to draw from (comma-separated)."),
+                layer:Optional[int]=typer.Option(None, help="LM layer whose attention is read (default: the middle one)."),
+                thresholds:Optional[str]=typer.Option(None, help="JSON {images: min target share}; default the seed's table."),
+                ppl_quantile:float=typer.Option(0.95, help="Drop rejected answers above this perplexity quantile (1 keeps all)."),
+                seed:int=typer.Option(0, help="Seed of the augmentations."),
+                overwrite:bool=typer.Option(False, help="Replace an existing folder.")):
+    "Build an MIA-DPO dataset (multi-image augmentation + attention-aware selection), with a progress bar."
+    import json
+    from mmpo_nb.miadpo import MIADPOConfig, miadpo_dataset
+    try:
+        cfg = MIADPOConfig(kinds=tuple(k.strip() for k in kinds.split(',') if k.strip()), layer=layer, seed=seed, ppl_quantile=ppl_quantile,
+                           **({'thresholds': json.loads(thresholds)} if thresholds else {}))
+        p = miadpo_dataset(data, model, out, cfg, n=n, overwrite=overwrite)
+    except (ValueError, FileExistsError, FileNotFoundError) as e: _fail(e)
+    typer.echo(f"wrote {json.loads((p/'report.json').read_text())['pairs']} pairs to {p}")
 
 # %% ../nbs/10_cli.ipynb #be4ecdb6
 @app.command()

@@ -6,13 +6,13 @@ Docs: https://mmpo-nb.github.io/mmpo-nb/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #38c2e736
 from __future__ import annotations
-import os, random, shutil, tempfile, contextlib
+import os, glob, time, random, shutil, tempfile, contextlib
 from pathlib import Path
 import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['seed_everything', 'get_device', 'runs_dir', 'DataError', 'atomic_dir']
+__all__ = ['seed_everything', 'get_device', 'runs_dir', 'DataError', 'stale_temp_dirs', 'atomic_dir']
 
 # %% ../nbs/00_core.ipynb #51cce9ea
 def seed_everything(seed:int=0 # seed for `random`, `numpy` and `torch` (CPU and CUDA)
@@ -59,14 +59,34 @@ class DataError(ValueError):
         super().__init__(f"{where}: {problem}" if where else problem)
 
 # %% ../nbs/00_core.ipynb #7f25617d
+def _alive(pid:int)->bool:
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: return True
+    return True
+
+def stale_temp_dirs(path # the final folder of an atomic write
+                   )->list[Path]:
+    "Temporary folders `.NAME.PID.xxxx` of earlier writes to `path` whose process is gone."
+    path, out = Path(path), []
+    if not path.parent.is_dir(): return out
+    for d in path.parent.glob(f'.{glob.escape(path.name)}.*'):
+        pid = d.name[len(path.name) + 2:].split('.')[0]
+        if not d.is_dir() or not pid.isdigit(): continue
+        gone = time.time() - d.stat().st_mtime > 86400 if os.name == 'nt' else not _alive(int(pid))
+        if gone: out.append(d)
+    return sorted(out)
+
 @contextlib.contextmanager
 def atomic_dir(path, # final folder; must not exist unless `overwrite`
                overwrite:bool=False): # replace an existing folder
-    "Yield a temporary folder that is renamed to `path` only if the block succeeds."
+    "Yield a temporary folder that is renamed to `path` only if the block succeeds; removes stale temporaries of `path` first."
     path = Path(path)
-    if path.exists() and not overwrite: raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; pass overwrite=True (--overwrite on the command line) to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f'.{path.name}.', dir=path.parent))
+    for d in stale_temp_dirs(path): shutil.rmtree(d, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f'.{path.name}.{os.getpid()}.', dir=path.parent))
     try:
         yield tmp
         if path.exists(): shutil.rmtree(path)

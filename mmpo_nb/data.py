@@ -1,4 +1,4 @@
-"""Toy-world preference pairs as HF datasets with TRL's vision columns, and readers/writers for RLAIF-V parquet and mDPO JSON.
+"""Toy-world preference pairs as HF datasets with TRL's vision columns, and readers/writers for RLAIF-V parquet, mDPO JSON and multi-image TRL parquet.
 
 Docs: https://mmpo-nb.github.io/mmpo-nb/data.html.md"""
 
@@ -6,7 +6,7 @@ Docs: https://mmpo-nb.github.io/mmpo-nb/data.html.md"""
 
 # %% ../nbs/01a_data.ipynb #eea39a36
 from __future__ import annotations
-import io, json
+import io, json, math, re
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 import numpy as np
@@ -15,13 +15,15 @@ import datasets
 from PIL import Image
 from tqdm.auto import tqdm
 from .core import DataError, atomic_dir
-from .toyworld import (ToyWorld, WorldConfig, Scene, describe, questions, scene_diff, split_sentences,
+from .text import split_sentences, sentence_spans
+from .toyworld import (ToyWorld, WorldConfig, Scene, describe, questions, scene_diff,
                               DESCRIBE_PROMPTS, DEFAULT_PARTS, HALLUCINATION_KINDS, EDIT_FACTORS, NUMBERS, FLIP, PLACES)
 
 # %% auto #0
-__all__ = ['TRL_COLUMNS', 'DEFAULT_NEG_FACTORS', 'FORMATS', 'toy_row', 'toy_preference_dataset', 'answer_text', 'LoadedTable',
-           'load_table', 'read_dataset', 'read_rlaif_parquet', 'read_mdpo_json', 'write_rlaif_parquet',
-           'write_mdpo_json', 'write_toy_dataset', 'DatasetSummary', 'check_dataset']
+__all__ = ['TRL_COLUMNS', 'DEFAULT_NEG_FACTORS', 'FORMATS', 'IMAGE_PLACE', 'CHAT_TEMPLATES', 'METHOD_COLUMNS', 'toy_row',
+           'toy_preference_dataset', 'answer_text', 'unwrap_prompt', 'LoadedTable', 'load_table', 'read_dataset',
+           'read_rlaif_parquet', 'read_mdpo_json', 'write_rlaif_parquet', 'write_mdpo_json', 'write_trl_parquet',
+           'write_toy_dataset', 'DatasetSummary', 'check_dataset']
 
 # %% ../nbs/01a_data.ipynb #33a2eb55
 TRL_COLUMNS = ('images', 'prompt', 'chosen', 'rejected')
@@ -104,7 +106,7 @@ def toy_preference_dataset(n:int, # number of rows (scenes start .. start+n-1)
 
 # %% ../nbs/01a_data.ipynb #a23681ed
 FORMATS = {'rlaif-v': ('image', 'question', 'chosen', 'rejected'), 'mdpo': ('img_path', 'prompt', 'chosen', 'rejected'),
-           'mmpo-toy': ('image', 'question', 'chosen', 'rejected')}
+           'mmpo-toy': ('image', 'question', 'chosen', 'rejected'), 'trl': ('images', 'prompt', 'chosen', 'rejected')}
 
 def answer_text(v)->str|None:
     "The text of an answer or prompt given as a string or as TRL messages (None if neither)."
@@ -116,6 +118,67 @@ def answer_text(v)->str|None:
             parts += [c] if isinstance(c, str) else [x.get('text') for x in (c or []) if isinstance(x, dict) and x.get('text')]
         return ' '.join(p for p in parts if p)
     return None
+
+# %% ../nbs/01a_data.ipynb #a6afe9fc
+IMAGE_PLACE = '<image>'
+CHAT_TEMPLATES = {   # single-turn prompts rendered with a chat template, the user turn captured as `q`
+    'llava-v1': r"(?:A chat between[^\n]*?\s+)?USER:\s*(?P<q>(?:(?!USER:|ASSISTANT:).)*?)\s*ASSISTANT:",
+    'vicuna-v0': r"(?:A chat between[^\n]*?\s+)?###\s*Human:\s*(?P<q>(?:(?!###).)*?)\s*###\s*Assistant:",
+    'chatml': r"(?:<\|im_start\|>system\n.*?<\|im_end\|>\s*)?<\|im_start\|>user\n(?P<q>(?:(?!<\|im_start\|>).)*?)<\|im_end\|>\s*<\|im_start\|>assistant",
+    'llama-3': r"(?:<\|begin_of_text\|>)?(?:<\|start_header_id\|>system<\|end_header_id\|>.*?<\|eot_id\|>)?\s*<\|start_header_id\|>user<\|end_header_id\|>"
+               r"\s*(?P<q>(?:(?!<\|eot_id\|>).)*?)\s*<\|eot_id\|>\s*<\|start_header_id\|>assistant<\|end_header_id\|>",
+    'mistral-inst': r"(?:<s>)?\s*\[INST\]\s*(?P<q>(?:(?!\[INST\]).)*?)\s*\[/INST\]",
+}
+_TEMPLATE_RES = {k: re.compile(r"\A\s*" + v + r"\s*\Z", re.S) for k, v in CHAT_TEMPLATES.items()}
+_VISION_MARKS = re.compile(r"<\|vision_start\|>(?:<\|image_pad\|>)*<\|vision_end\|>|<\|image\|>")   # Qwen2-VL, Llama-3.2-Vision
+
+def unwrap_prompt(prompt:str # a prompt as stored in a dataset
+                 )->tuple[str, str|None]: # (the plain question with its `<image>` places, the template found or None)
+    "Strip a chat template baked into a prompt (LLaVA-1.5's 'USER: ... ASSISTANT:', ChatML, ...), keeping the `<image>` places."
+    for name, rx in _TEMPLATE_RES.items():
+        m = rx.match(prompt)
+        if m: return _VISION_MARKS.sub(IMAGE_PLACE, m['q']).strip(), name
+    return prompt, None
+
+# %% ../nbs/01a_data.ipynb #eca09b07
+METHOD_COLUMNS = {   # optional per-method columns, checked row by row when present
+    'neg_images': 'MISP-DPO: K negative images (list of images)',
+    'log_q': 'MISP-DPO: log-probability of drawing each negative (list of K floats)',
+    'rejected_texts': 'MISP-DPO: text negatives (list of strings)',
+    'sent_weights': "ASPO: one weight per sentence of `chosen` by `text.sentence_spans` (list of floats)",
+    'target_index': 'MIA-DPO: which of the row\'s images the prompt is about (int)',
+    'corrupt_seed': 'mDPO: seed of the image corruption (int)',
+}
+
+def _check_image_places(prompt:str, n:int, file, row, column):
+    "A prompt names either no `<image>` place (they are implied) or one per image."
+    k = (prompt or '').count(IMAGE_PLACE)
+    if k and k != n: raise DataError(f"the prompt has {k} {IMAGE_PLACE} places but the row has {n} image{'s' * (n != 1)}", file=file, row=row, column=column)
+
+def _numbers(v, file, row, column)->list:
+    if not isinstance(v, (list, tuple)) or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v):
+        raise DataError('expected a list of finite numbers', file=file, row=row, column=column)
+    return list(v)
+
+def _is_int(v)->bool: return isinstance(v, int) and not isinstance(v, bool)
+
+def _check_method_columns(row:dict, n_images:int, n_neg:int, chosen:str, file, i):
+    "One `DataError` naming the row for a method column of the wrong type or length."
+    if row.get('log_q') is not None:
+        v = _numbers(row['log_q'], file, i, 'log_q')
+        if n_neg and len(v) != n_neg: raise DataError(f"{len(v)} values for {n_neg} negative images", file=file, row=i, column='log_q')
+    if row.get('rejected_texts') is not None:
+        v = row['rejected_texts']
+        if not isinstance(v, (list, tuple)) or not v or not all(isinstance(t, str) and t.strip() for t in v):
+            raise DataError('expected a non-empty list of non-empty strings', file=file, row=i, column='rejected_texts')
+    if row.get('sent_weights') is not None:
+        v, n = _numbers(row['sent_weights'], file, i, 'sent_weights'), len(sentence_spans(chosen))
+        if len(v) != n: raise DataError(f"{len(v)} weights for {n} sentences of chosen", file=file, row=i, column='sent_weights')
+    if row.get('target_index') is not None:
+        t = row['target_index']
+        if not _is_int(t) or not 0 <= t < n_images: raise DataError(f"target_index {t!r} but the row has {n_images} images", file=file, row=i, column='target_index')
+    if row.get('corrupt_seed') is not None and not (_is_int(row['corrupt_seed']) and row['corrupt_seed'] >= 0):
+        raise DataError(f"expected an int >= 0, got {row['corrupt_seed']!r}", file=file, row=i, column='corrupt_seed')
 
 # %% ../nbs/01a_data.ipynb #d692e4ff
 def _locate(path):
@@ -161,10 +224,16 @@ def _image_ref(v, root, file, row, column):
     if not p.is_file(): raise DataError(f"image file not found: {p}", file=file, row=row, column=column)
     return {'path': str(p), 'bytes': None}
 
+def _image_list(v, root, file, row, column):
+    "A list-of-images cell as image references (one error naming the row if it is not a non-empty list)."
+    if not isinstance(v, (list, tuple)) or not v: raise DataError('expected a non-empty list of images', file=file, row=row, column=column)
+    return [_image_ref(x, root, file, row, column) for x in v]
+
 @dataclass
 class LoadedTable:
     "A validated preference table: format, file, image root and TRL-shaped rows."
     fmt:str; file:Path; root:Path; columns:list[str]; rows:list[dict]
+    unwrapped:dict = field(default_factory=dict)   # chat template -> number of prompts unwrapped to the plain question
 
 def load_table(path, # dataset folder, .parquet or .json file
                image_root=None, # folder image paths are relative to (default: the table's folder)
@@ -174,28 +243,35 @@ def load_table(path, # dataset folder, .parquet or .json file
     fmt, file = _locate(path)
     if expect is not None and (fmt == 'mdpo') != (expect == 'json'): raise DataError(f"expected a {expect} dataset", file=file)
     raw, cols = _read_table(file, fmt)
+    if fmt == 'rlaif-v' and 'image' not in cols and 'images' in cols: fmt = 'trl'     # e.g. `Dataset.to_parquet` of TRL columns
     img_col, q_col, c_col, r_col = FORMATS[fmt]
     for c in (img_col, q_col, c_col, r_col):
         if c not in cols: raise DataError(f"missing column (found: {', '.join(cols)})", file=file, column=c)
     if not raw: raise DataError('no rows', file=file)
     root = Path(image_root) if image_root is not None else file.parent
-    rows = []
+    rows, unwrapped = [], {}
     for i, r in enumerate(raw):
         for c in (img_col, q_col, c_col, r_col):
             if c not in r: raise DataError('missing field', file=file, row=i, column=c)
-        out = {'images': [_image_ref(r[img_col], root, file, i, img_col)]}
+        ims = _image_list(r[img_col], root, file, i, img_col) if fmt == 'trl' else [_image_ref(r[img_col], root, file, i, img_col)]
+        out = {'images': ims}
         for c, k in ((q_col, 'prompt'), (c_col, 'chosen'), (r_col, 'rejected')):
             t = answer_text(r[c])
             if t is None or not t.strip(): raise DataError('empty ' + ('question' if k == 'prompt' else 'answer'), file=file, row=i, column=c)
             out[k] = r[c]
+        if isinstance(out['prompt'], str):
+            out['prompt'], tpl = unwrap_prompt(out['prompt'])
+            if tpl: unwrapped[tpl] = unwrapped.get(tpl, 0) + 1
+        _check_image_places(answer_text(out['prompt']), len(ims), file, i, q_col)
         for lab, txt in (('chosen_labels', c_col), ('rejected_labels', r_col)):
             if lab in r and r[lab] is not None and len(r[lab]) != len(split_sentences(answer_text(r[txt]))):
                 raise DataError(f"{len(r[lab])} labels for {len(split_sentences(answer_text(r[txt])))} sentences", file=file, row=i, column=lab)
-        if 'neg_image_paths' in r and r['neg_image_paths'] is not None:
-            out['neg_images'] = [_image_ref(p, root, file, i, 'neg_image_paths') for p in r['neg_image_paths']]
-        out |= {k: v for k, v in r.items() if k not in (img_col, q_col, c_col, r_col, 'neg_image_paths')}
+        if r.get('neg_image_paths') is not None: out['neg_images'] = [_image_ref(p, root, file, i, 'neg_image_paths') for p in r['neg_image_paths']]
+        elif fmt == 'trl' and r.get('neg_images') is not None: out['neg_images'] = _image_list(r['neg_images'], root, file, i, 'neg_images')
+        out |= {k: v for k, v in r.items() if k not in (img_col, q_col, c_col, r_col, 'neg_image_paths', 'neg_images')}
+        _check_method_columns(out, len(ims), len(out.get('neg_images') or []), answer_text(out['chosen']), file, i)
         rows.append(out)
-    return LoadedTable(fmt, file, root, cols, rows)
+    return LoadedTable(fmt, file, root, cols, rows, unwrapped)
 
 # %% ../nbs/01a_data.ipynb #934bba8e
 def read_dataset(path, # dataset folder, .parquet or .json file (RLAIF-V, mDPO or toy format)
@@ -228,6 +304,11 @@ def _jsonable(v):
     if isinstance(v, dict): return all(isinstance(k, str) and _jsonable(x) for k, x in v.items())
     return False
 
+def _put_image(im, name, tmp, embed):
+    "Store one image: PNG bytes in the table, or a file under images/."
+    if embed: return {'bytes': _png(im), 'path': name}
+    im.save(tmp/'images'/name, compress_level=1); return f"images/{name}"
+
 def _export_rows(ds, tmp, fmt, embed_images, progress, file):
     "Validate rows of `ds` and write their images; yields table records."
     for c in TRL_COLUMNS:
@@ -235,47 +316,59 @@ def _export_rows(ds, tmp, fmt, embed_images, progress, file):
     (tmp/'images').mkdir(exist_ok=True)
     img_col, q_col, c_col, r_col = FORMATS[fmt]
     for i, r in enumerate(tqdm(ds, disable=not progress, desc=f'writing {fmt}')):
-        if not isinstance(r['images'], list) or len(r['images']) != 1:
-            raise DataError(f"{fmt} rows hold exactly one image, got {len(r['images'] or [])}", file=file, row=i, column='images')
+        ims = r['images'] if isinstance(r['images'], list) else []
+        if fmt == 'trl' and not ims: raise DataError('no images', file=file, row=i, column='images')
+        if fmt != 'trl' and len(ims) != 1:
+            raise DataError(f"{fmt} rows hold exactly one image, got {len(ims)}; use write_trl_parquet for several images per row",
+                            file=file, row=i, column='images')
         rec = {}
         for c, k in ((q_col, 'prompt'), (c_col, 'chosen'), (r_col, 'rejected')):
             t = answer_text(r[k])
             if t is None or not t.strip(): raise DataError('empty ' + ('question' if k == 'prompt' else 'answer'), file=file, row=i, column=k)
             rec[c] = t
-        name = f"{r.get('scene_id') or f'{i:07d}'}.png"
-        im = r['images'][0]
-        if embed_images: rec[img_col] = {'bytes': _png(im), 'path': name}
-        else: im.save(tmp/'images'/name, compress_level=1); rec[img_col] = f"images/{name}"
-        if r.get('neg_images') is not None:
-            ids = r.get('neg_image_ids') or [f"{name[:-4]}~neg{j}" for j in range(len(r['neg_images']))]
-            for nid, nim in zip(ids, r["neg_images"]): nim.save(tmp/'images'/f"{nid}.png", compress_level=1)
-            rec['neg_image_paths'] = [f"images/{nid}.png" for nid in ids]
+        _check_image_places(rec[q_col], len(ims), file, i, 'prompt')
+        negs = r.get('neg_images') or []
+        _check_method_columns(r, len(ims), len(negs), rec[c_col], file, i)
+        stem = r.get('scene_id') or f'{i:07d}'
+        names = [f"{stem}.png"] if len(ims) == 1 else [f"{stem}-{j}.png" for j in range(len(ims))]
+        refs = [_put_image(im, n, tmp, embed_images) for im, n in zip(ims, names)]
+        rec[img_col] = refs if fmt == 'trl' else refs[0]
+        if negs:
+            ids = r.get('neg_image_ids') or [f"{stem}~neg{j}" for j in range(len(negs))]
+            nrefs = [_put_image(im, f"{nid}.png", tmp, embed_images and fmt == 'trl') for nid, im in zip(ids, negs)]
+            rec['neg_images' if fmt == 'trl' else 'neg_image_paths'] = nrefs
         for k, v in r.items():
             if k not in TRL_COLUMNS and k != 'neg_images' and k not in rec and _jsonable(v): rec[k] = v
         yield rec
+
+def _write_table(ds, out, fmt, embed_images, overwrite, progress)->Path:
+    out = Path(out); name = 'data.json' if fmt == 'mdpo' else 'data.parquet'
+    with atomic_dir(out, overwrite) as tmp:
+        recs = list(_export_rows(ds, tmp, fmt, embed_images, progress, out/name))
+        if fmt == 'mdpo': (tmp/name).write_text(json.dumps(recs, indent=1))
+        else: pq.write_table(pa.Table.from_pylist(recs), tmp/name)
+        (tmp/'meta.json').write_text(json.dumps({'format': fmt, 'rows': len(recs)}))
+    return out
 
 def write_rlaif_parquet(ds:datasets.Dataset, # TRL columns, one image per row
                         out, # folder to create
                         embed_images:bool=False, # PNG bytes inside the parquet instead of image files
                         overwrite:bool=False, progress:bool=False)->Path:
     "Write `ds` as an RLAIF-V style folder: data.parquet (+ images/), atomically."
-    out = Path(out)
-    with atomic_dir(out, overwrite) as tmp:
-        recs = list(_export_rows(ds, tmp, 'rlaif-v', embed_images, progress, out/'data.parquet'))
-        pq.write_table(pa.Table.from_pylist(recs), tmp/'data.parquet')
-        (tmp/'meta.json').write_text(json.dumps({'format': 'rlaif-v', 'rows': len(recs)}))
-    return out
+    return _write_table(ds, out, 'rlaif-v', embed_images, overwrite, progress)
 
 def write_mdpo_json(ds:datasets.Dataset, # TRL columns, one image per row
                     out, # folder to create
                     overwrite:bool=False, progress:bool=False)->Path:
     "Write `ds` as an mDPO style folder: data.json (+ images/), atomically."
-    out = Path(out)
-    with atomic_dir(out, overwrite) as tmp:
-        recs = list(_export_rows(ds, tmp, 'mdpo', False, progress, out/'data.json'))
-        (tmp/'data.json').write_text(json.dumps(recs, indent=1))
-        (tmp/'meta.json').write_text(json.dumps({'format': 'mdpo', 'rows': len(recs)}))
-    return out
+    return _write_table(ds, out, 'mdpo', False, overwrite, progress)
+
+def write_trl_parquet(ds:datasets.Dataset, # TRL columns; any number of images per row
+                      out, # folder to create
+                      embed_images:bool=True, # PNG bytes inside the parquet (else files under images/)
+                      overwrite:bool=False, progress:bool=False)->Path:
+    "Write `ds` in TRL's own columns (`images` and `neg_images` as lists) to data.parquet, atomically."
+    return _write_table(ds, out, 'trl', embed_images, overwrite, progress)
 
 # %% ../nbs/01a_data.ipynb #ae44c07f
 def write_toy_dataset(n:int, # number of scenes / preference rows
@@ -317,24 +410,31 @@ class DatasetSummary:
     images:int                      # distinct image files or embedded images of the prompts
     neg_images:int = 0              # candidate negative images
     kinds:dict = field(default_factory=dict)   # hallucination kinds of `rejected` (toy data)
-    sentences_chosen:float = 0.0    # mean sentences per chosen answer
+    sentences_chosen:float = 0.0    # mean sentences per chosen answer (`text.split_sentences`)
     sentences_rejected:float = 0.0
+    max_images_per_row:int = 1      # several for multi-image rows (MIA-DPO)
+    method_columns:list = field(default_factory=list)   # the `METHOD_COLUMNS` present
+    unwrapped:dict = field(default_factory=dict)        # chat template -> prompts unwrapped to the plain question
     def __str__(self):
         s = [f"{self.path}: {self.format} dataset, {self.rows} rows ({self.table})", f"  columns: {', '.join(self.columns)}",
-             f"  images: {self.images} (+ {self.neg_images} negative images)",
+             f"  images: {self.images}, up to {self.max_images_per_row} per row (+ {self.neg_images} negative images)",
              f"  sentences per answer: chosen {self.sentences_chosen:.2f}, rejected {self.sentences_rejected:.2f}"]
+        if self.method_columns: s.append(f"  method columns: {', '.join(self.method_columns)}")
+        for t, n in self.unwrapped.items():
+            s.append(f"  prompts: unwrapped the {t} chat template from {n} of {self.rows} prompts (kept the question and its {IMAGE_PLACE} places)")
         if self.kinds: s.append('  rejected kinds: ' + ', '.join(f"{k} {v}" for k, v in self.kinds.items()))
         return '\n'.join(s + ['  OK'])
 
-def check_dataset(path, # dataset folder, .parquet or .json (toy, RLAIF-V or mDPO)
+def check_dataset(path, # dataset folder, .parquet or .json (toy, RLAIF-V, mDPO or TRL parquet)
                   image_root=None, # folder image paths are relative to (default: the table's folder)
                   deep:bool=False # also decode every image
                  )->DatasetSummary:
     "Validate a dataset (raises one `DataError` at the first problem) and summarise it."
     t = load_table(path, image_root)
+    img_col = FORMATS[t.fmt][0]; neg_col = 'neg_images' if t.fmt == 'trl' else 'neg_image_paths'
     if deep:
         for i, r in enumerate(t.rows):
-            for col, refs in (('image' if t.fmt != 'mdpo' else 'img_path', r['images']), ('neg_image_paths', r.get('neg_images') or [])):
+            for col, refs in ((img_col, r['images']), (neg_col, r.get('neg_images') or [])):
                 for ref in refs:
                     try: Image.open(io.BytesIO(ref['bytes']) if ref['bytes'] else ref['path']).convert('RGB')
                     except Exception as e: raise DataError(f"image cannot be decoded ({e})", file=t.file, row=i, column=col) from None
@@ -343,5 +443,7 @@ def check_dataset(path, # dataset folder, .parquet or .json (toy, RLAIF-V or mDP
     for r in t.rows:
         if r.get('kind') is not None: kinds[r['kind']] = kinds.get(r['kind'], 0) + 1
     ns = lambda k: float(np.mean([len(split_sentences(answer_text(r[k]))) for r in t.rows]))
+    present = [c for c in METHOD_COLUMNS if any(r.get(c) is not None for r in t.rows)]
     return DatasetSummary(str(path), t.fmt, t.file.name, len(t.rows), t.columns, len(ims),
-                          sum(len(r.get('neg_images') or []) for r in t.rows), dict(sorted(kinds.items())), ns('chosen'), ns('rejected'))
+                          sum(len(r.get('neg_images') or []) for r in t.rows), dict(sorted(kinds.items())), ns('chosen'), ns('rejected'),
+                          max(len(r['images']) for r in t.rows), present, dict(t.unwrapped))

@@ -119,7 +119,7 @@ def answer_text(v)->str|None:
         return ' '.join(p for p in parts if p)
     return None
 
-# %% ../nbs/01a_data.ipynb #a6afe9fc
+# %% ../nbs/01a_data.ipynb #b1b9db26
 IMAGE_PLACE = '<image>'
 CHAT_TEMPLATES = {   # single-turn prompts rendered with a chat template, the user turn captured as `q`
     'llava-v1': r"(?:A chat between[^\n]*?\s+)?USER:\s*(?P<q>(?:(?!USER:|ASSISTANT:).)*?)\s*ASSISTANT:",
@@ -140,7 +140,7 @@ def unwrap_prompt(prompt:str # a prompt as stored in a dataset
         if m: return _VISION_MARKS.sub(IMAGE_PLACE, m['q']).strip(), name
     return prompt, None
 
-# %% ../nbs/01a_data.ipynb #eca09b07
+# %% ../nbs/01a_data.ipynb #272b4bfc
 METHOD_COLUMNS = {   # optional per-method columns, checked row by row when present
     'neg_images': 'MISP-DPO: K negative images (list of images)',
     'log_q': 'MISP-DPO: log-probability of drawing each negative (list of K floats)',

@@ -99,15 +99,16 @@ def test_cli_seeded_and_checkable(toy, tmp_path):
     assert r1.exit_code == 0 and r2.exit_code == 0, r1.output
     assert 'miadpo score' in r1.output                               # the progress bar
     assert _files(tmp_path/'a') == _files(tmp_path/'b')
-    import pyarrow.parquet as pq
-    rows = pq.read_table(tmp_path/'a'/'data.parquet').to_pylist()
+    from mmpo_nb.data import read_dataset, check_dataset
+    rows = read_dataset(tmp_path/'a')
     rep = json.loads((tmp_path/'a'/'report.json').read_text())
     assert rep['samples'] == 6 and rep['pairs'] == len(rows) > 0      # threshold above 1: every answer not equal to the truth
+    assert check_dataset(tmp_path/'a').format == 'trl'
     for r in rows:
-        assert all((tmp_path/'a'/p).is_file() for p in r['images'])
-        assert len(r['images']) == (r['n_images'] if r['kind'] == 'sequence' else 1)
-        assert 0 <= r['target_index'] < r['n_images'] and r['rejected'] != r['chosen']
-        assert r['prompt'].count('<image>') == (len(r['images']) if r['kind'] == 'sequence' else 0)
+        seq = r['augmentation'] == 'sequence'
+        assert len(r['images']) == (r['n_images'] if seq else 1) and 0 <= r['target_index'] < len(r['images'])
+        assert r['rejected'] != r['chosen'] and r['prompt'].count('<image>') == (len(r['images']) if seq else 0)
+        assert (r['target_cell'] is not None) == (r['augmentation'] == 'grid')
 
 
 def test_cli_checks_input_first(toy, tmp_path, monkeypatch):

@@ -8,11 +8,16 @@ from hypothesis import given, settings, strategies as st
 from mmpo_nb.data import (toy_preference_dataset, write_toy_dataset, check_dataset, read_dataset, read_rlaif_parquet,
                           read_mdpo_json, write_rlaif_parquet, write_mdpo_json, write_trl_parquet, unwrap_prompt)
 from mmpo_nb.core import IMAGE_PLACEHOLDER
+from mmpo_nb.text import split_sentences
 
 datasets.disable_progress_bars()
 
 @pytest.fixture(scope='module')
-def ds(): return toy_preference_dataset(6)
+def ds():
+    "Toy rows plus every method column (`METHOD_COLUMNS`), one image each so that every format can hold them."
+    d = toy_preference_dataset(6)
+    return d.map(lambda r, i: dict(log_q=[-1.386] * len(r['neg_images']), rejected_texts=[r['rejected'], 'There is a kite.'], target_index=0,
+                                   corrupt_seed=i, sent_weights=[0.25 * (k + 1) for k in range(len(split_sentences(r['chosen'])))]), with_indices=True)
 
 @pytest.fixture
 def toy(tmp_path): return write_toy_dataset(12, tmp_path/'toy', progress=False)
@@ -43,7 +48,9 @@ def test_read_back_writes_in_every_other_format(ds, tmp_path, fmt):
     for other, wr in writers.items():
         if other == fmt: continue
         again = read_dataset(wr(back, tmp_path/f'{fmt}-{other}'))
-        for c in ('prompt', 'chosen', 'rejected', 'chosen_labels', 'rejected_labels', 'neg_diffs', 'scene_id'): assert again[c] == ds[c], (other, c)
+        for c in ('prompt', 'chosen', 'rejected', 'chosen_labels', 'rejected_labels', 'neg_diffs', 'scene_id',
+                  'log_q', 'rejected_texts', 'sent_weights', 'target_index', 'corrupt_seed'): assert again[c] == ds[c], (other, c)
+        assert check_dataset(tmp_path/f'{fmt}-{other}').method_columns == ['neg_images', 'log_q', 'rejected_texts', 'sent_weights', 'target_index', 'corrupt_seed']
         assert np.array_equal(np.asarray(again[2]['neg_images'][3]), np.asarray(ds[2]['neg_images'][3]))
 
 # ---- bad input: one DataError naming file, row and column ----

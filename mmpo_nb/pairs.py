@@ -146,18 +146,18 @@ def description_pairs(scene:Scene, # ground truth
         else: continue
         kinds = [x for x in l if x in ERROR_LABELS]
         rows.append(dict(prompt=prompt, chosen=chosen, rejected=t, chosen_labels=cl, rejected_labels=l, task='describe',
-                         kind=max(set(kinds), key=kinds.count), origin=f'own_error/{how}', dropped=dropped,
+                         kind=max(ERROR_LABELS, key=kinds.count), origin=f'own_error/{how}', dropped=dropped,
                          detail='; '.join(s for s, x in zip(sents, l) if x in ERROR_LABELS)))
     return rows
 
 def omission_rows(scene:Scene, clean:Sequence[str], prompt:str, n:int, rng)->list[dict]:
-    "Up to `n` rows: a clean own description (chosen) against it without one present object (rejected)."
-    rows = []
-    for t in clean:
-        names = sorted({k for s in split_sentences(t) for k in _subject_of(s)} & set(scene.names))
-        if not names: continue
-        k = names[rng.integers(len(names))]; r = omit_object(scene, t, k)
-        if r is None: continue
+    "Up to `n` rows: a clean own description (chosen) against it without one present object (rejected); distinct pairs."
+    cands = [(t, k) for t in clean for k in sorted({k for s in split_sentences(t) for k in _subject_of(s)} & set(scene.names))]
+    rows, seen = [], set()
+    for j in rng.permutation(len(cands)):
+        t, k = cands[j]; r = omit_object(scene, t, k)
+        if r is None or (t, r) in seen: continue
+        seen.add((t, r))
         rows.append(dict(prompt=prompt, chosen=t, rejected=r, chosen_labels=label_answer(scene, t)[1], rejected_labels=label_answer(scene, r)[1],
                          task='describe', kind='omission', origin='omission', dropped=0, detail=f"omits the {k}"))
         if len(rows) >= n: break
@@ -199,13 +199,15 @@ def yes_no_pair(question:str, truth:str, group:str, answer:str)->dict|None:
     return dict(prompt=question, chosen=chosen, rejected=rejected, chosen_labels=['ok'], rejected_labels=[kind], task='qa',
                 kind=kind, origin=origin, dropped=0, detail=f"{group}: truth {truth}, model said {a}", group=group, truth=truth)
 
-# %% ../nbs/06_pairs.ipynb #168c87ff
+# %% ../nbs/06_pairs.ipynb #6414a74a
+def _shorter(r)->bool: return len(split_sentences(r['chosen'])) < len(split_sentences(r['rejected']))
+
 def balance_pairs(rows:Sequence[dict], # rows with 'task', 'kind', 'origin' and (qa) 'truth'
                   seed:int=0)->list[dict]:
-    "Equal numbers of chosen-yes and chosen-no rows per QA kind (errors first), and as many omission rows as rows whose chosen dropped a sentence."
+    "Equal numbers of chosen-yes and chosen-no rows per QA kind (errors first), and as many omission rows as rows whose chosen is shorter."
     rng = np.random.default_rng(seed); out = []
     desc = [r for r in rows if r['task'] == 'describe']
-    shorter = [r for r in desc if r['kind'] != 'omission' and r['dropped'] > 0]
+    shorter = [r for r in desc if r['kind'] != 'omission' and _shorter(r)]
     om = [r for r in desc if r['kind'] == 'omission']
     out += [r for r in desc if r['kind'] != 'omission'] + [om[j] for j in sorted(rng.permutation(len(om))[:len(shorter)])]
     qa = [r for r in rows if r['task'] == 'qa']
@@ -269,8 +271,9 @@ def own_output_pairs(model, processor, # the SFT model and its processor
         samples = sample_answers(model, processor, images, prompts, cfg.n_samples, cfg.temperature, cfg.max_new_tokens, cfg.seed, cfg.batch_size, progress)
         for i, (s, p, sm) in enumerate(zip(scenes, prompts, samples)):
             new = description_pairs(s, sm, p, cfg.chosen_from)
-            clean = list(dict.fromkeys(t for t in sm if (l := label_answer(s, t)[1]) and not is_hallucinated(l) and 'unparsed' not in l))
-            new += omission_rows(s, clean, p, max(1, len(new)), rng)
+            clean = [t for t in sm if (l := label_answer(s, t)[1]) and not is_hallucinated(l) and 'unparsed' not in l]
+            clean = list(dict.fromkeys([r['chosen'] for r in new] + clean))        # repaired answers are clean own answers too
+            if cfg.balance: new += omission_rows(s, clean, p, sum(map(_shorter, new)), rng)
             rows += [r | {'index': i} for r in new]
     if cfg.task in ('qa', 'both'):
         qs = [(i, q, t, g) for i, s in enumerate(scenes) for q, t, g in yes_no_questions(world, s, cfg.n_random_absent)]

@@ -53,7 +53,7 @@ def bench_losses(B, K, device, min_run_time, rounds):
     sync = 'torch.cuda.synchronize()' if device == 'cuda' else 'pass'
     globs = dict(pl_image_loss=pl_image_loss, dpo_loss=dpo_loss, pl_bare=pl_bare, dpo_bare=dpo_bare,
                  pp=pp, rp=rp, pn=pn, rn=rn, pc=pc, pr=pr, rc=rc, rr=rr, torch=torch)
-    api = _side_by_side(f'pl_image_loss(pp, rp, pn, rn, beta=0.5).losses.mean().backward(); {sync}',
+    api = _side_by_side(f'pl_image_loss(pp, pn, rp, rn, beta=0.5).losses.mean().backward(); {sync}',
                         f'dpo_loss(pc, pr, rc, rr, beta=0.5).losses.mean().backward(); {sync}', globs, min_run_time, rounds)
     bare = _side_by_side(f'pl_bare(pp, rp, pn, rn, 0.5).mean().backward(); {sync}',
                          f'dpo_bare(pc, pr, rc, rr, 0.5).mean().backward(); {sync}', globs, min_run_time, rounds)
@@ -76,11 +76,11 @@ def bench_with_scorer(B, K, T, V, D, device, min_run_time, rounds):
 
     def pl_step():
         lp = logps(torch.cat([pos_ids, neg_ids]))                 # one forward over B*(K+1) sequences
-        pl_image_loss(lp[:B], ref_pos, lp[B:].view(B, K), ref_neg).losses.mean().backward()
+        pl_image_loss(policy_pos_logps=lp[:B], policy_neg_logps=lp[B:].view(B, K), ref_pos_logps=ref_pos, ref_neg_logps=ref_neg).losses.mean().backward()
 
     def dpo_step():
         lp = logps(torch.cat([ch_ids, rj_ids]))                   # trl layout [chosen; rejected]: 2*B*K sequences
-        dpo_loss(lp[:B * K], lp[B * K:], ref_ch, ref_rj, beta=0.5).losses.mean().backward()
+        dpo_loss(policy_chosen_logps=lp[:B * K], policy_rejected_logps=lp[B * K:], ref_chosen_logps=ref_ch, ref_rejected_logps=ref_rj, beta=0.5).losses.mean().backward()
 
     sync = 'torch.cuda.synchronize()' if device == 'cuda' else 'pass'
     globs = dict(pl_step=pl_step, dpo_step=dpo_step, torch=torch)

@@ -12,11 +12,11 @@ import torch
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['DPOOutput', 'dpo_loss', 'MDPOOutput', 'mdpo_loss', 'PLOutput', 'pl_image_loss', 'is_pl_image_loss', 'pl_text_loss',
-           'MISPOutput', 'misp_loss', 'aspo_weights', 'ASPOOutput', 'aspo_loss', 'loss_metrics']
+__all__ = ['DPOOutput', 'dpo_loss', 'MDPOOutput', 'mdpo_loss', 'PLOutput', 'pl_image_loss', 'sampled_pl_image_loss',
+           'pl_text_loss', 'MISPOutput', 'misp_loss', 'aspo_weights', 'ASPOOutput', 'aspo_loss', 'loss_metrics']
 
 # %% ../nbs/04_objectives.ipynb #b5b25dc2
-def _check(args:dict, # argument name -> (tensor or None, dimension letters such as 'B N')
+def _check(args:dict, # argument name -> (tensor or None, dimension letters such as 'B K')
            beta=None, # if given: must be a finite number > 0
            mask:str|None=None, # name of the bool mask in `args`; tensors with its dims are checked only where it is True
           )->dict: # dimension letter -> size
@@ -115,19 +115,19 @@ class PLOutput:
     "Per-example Plackett-Luce loss (image or text side), the detached rewards and the preference distribution."
     losses: torch.Tensor            # (B,) -log σ(margins)
     chosen_rewards: torch.Tensor    # (B,) r_p = β·log-ratio of the positive (image or response), detached
-    rejected_rewards: torch.Tensor  # (B, N) r_i = β·log-ratio of each negative, 0 where masked, detached
+    rejected_rewards: torch.Tensor  # (B, K) r_i = β·log-ratio of each negative, 0 where masked, detached
     margins: torch.Tensor           # (B,) -logsumexp_i(r_i - r_p) (importance-sampled: of the partition estimate), detached
-    pref_probs: torch.Tensor        # (B, N) p_θ(negative i) ∝ exp(r_i - r_p), 0 where masked, rows sum to 1, detached
-    neg_mask: torch.Tensor          # (B, N) bool, True for the real negatives
+    pref_probs: torch.Tensor        # (B, K) p_θ(negative i) ∝ exp(r_i - r_p), 0 where masked, rows sum to 1, detached
+    neg_mask: torch.Tensor          # (B, K) bool, True for the real negatives
 
 # %% ../nbs/04_objectives.ipynb #6c6c9819
 def _pl(pos_rewards,      # (B,) reward of the positive
-        neg_rewards,      # (B, N) reward of each negative
-        mask=None,        # (B, N) bool, or None when every negative is real
-        log_q=None,       # (B, N) log proposal probability of each sampled negative, or None for the exact sum
+        neg_rewards,      # (B, K) reward of each negative
+        mask=None,        # (B, K) bool, or None when every negative is real
+        log_q=None,       # (B, K) log proposal probability of each sampled negative, or None for the exact sum
        )->PLOutput:
     "Plackett-Luce 'positive beats every negative' loss from rewards (shared by the image, text and sampled losses)."
-    a = neg_rewards - pos_rewards[:, None]                     # (B, N) βΔ_i
+    a = neg_rewards - pos_rewards[:, None]                     # (B, K) βΔ_i
     if log_q is not None: a = a - log_q                        # importance weights e^{a_i} / q_i
     if mask is not None: a = a.masked_fill(~mask, float('-inf'))
     lse = torch.logsumexp(a, -1)                               # (B,)
@@ -140,43 +140,43 @@ def _pl(pos_rewards,      # (B,) reward of the positive
 
 # %% ../nbs/04_objectives.ipynb #eb4d2e49
 def pl_image_loss(policy_pos_logps:torch.Tensor,  # (B,) log π_θ(y_p | x, m_p): the response with its own image
+                  policy_neg_logps:torch.Tensor,  # (B, K) log π_θ(y_p | x, m_n^i): the same response with each negative image
                   ref_pos_logps:torch.Tensor,     # (B,) log π_ref(y_p | x, m_p)
-                  policy_neg_logps:torch.Tensor,  # (B, N) log π_θ(y_p | x, m_n^i): the same response with each negative image
-                  ref_neg_logps:torch.Tensor,     # (B, N) log π_ref(y_p | x, m_n^i)
+                  ref_neg_logps:torch.Tensor,     # (B, K) log π_ref(y_p | x, m_n^i)
                   beta:float=0.5,                 # β > 0 (0.5 in MISP-DPO)
-                  neg_mask:torch.Tensor|None=None,# (B, N) bool, True for real negatives; None = all real
+                  neg_mask:torch.Tensor|None=None,# (B, K) bool, True for real negatives; None = all real
                  )->PLOutput:
     "MISP-DPO's multi-negative Plackett-Luce image loss: -log σ(-log Σ_i exp(β Δ_i)), stable and masked."
-    _check(dict(policy_pos_logps=(policy_pos_logps, 'B'), ref_pos_logps=(ref_pos_logps, 'B'), policy_neg_logps=(policy_neg_logps, 'B N'),
-                ref_neg_logps=(ref_neg_logps, 'B N'), neg_mask=(neg_mask, 'B N')), beta=beta, mask='neg_mask')
+    _check(dict(policy_pos_logps=(policy_pos_logps, 'B'), policy_neg_logps=(policy_neg_logps, 'B K'), ref_pos_logps=(ref_pos_logps, 'B'),
+                ref_neg_logps=(ref_neg_logps, 'B K'), neg_mask=(neg_mask, 'B K')), beta=beta, mask='neg_mask')
     return _pl(beta * (policy_pos_logps - ref_pos_logps), beta * (policy_neg_logps - ref_neg_logps), neg_mask)
 
 # %% ../nbs/04_objectives.ipynb #318f4149
-def is_pl_image_loss(policy_pos_logps:torch.Tensor,   # (B,) log π_θ(y_p | x, m_p)
-                     ref_pos_logps:torch.Tensor,      # (B,) log π_ref(y_p | x, m_p)
-                     policy_neg_logps:torch.Tensor,   # (B, K) log π_θ(y_p | x, m_n^k) for the K sampled negatives
-                     ref_neg_logps:torch.Tensor,      # (B, K) log π_ref(y_p | x, m_n^k)
-                     log_q:torch.Tensor,              # (B, K) log q_φ(m_n^k) ≤ 0: proposal probability of each draw over the full pool (detached)
-                     beta:float=0.5,                  # β > 0
-                     neg_mask:torch.Tensor|None=None, # (B, K) bool, True for real draws; None = all real
-                    )->PLOutput:
+def sampled_pl_image_loss(policy_pos_logps:torch.Tensor,   # (B,) log π_θ(y_p | x, m_p)
+                          policy_neg_logps:torch.Tensor,   # (B, K) log π_θ(y_p | x, m_n^k) for the K sampled negatives
+                          ref_pos_logps:torch.Tensor,      # (B,) log π_ref(y_p | x, m_p)
+                          ref_neg_logps:torch.Tensor,      # (B, K) log π_ref(y_p | x, m_n^k)
+                          log_q:torch.Tensor,              # (B, K) log q_φ(m_n^k) ≤ 0: proposal probability of each draw over the full pool (detached)
+                          beta:float=0.5,                  # β > 0
+                          neg_mask:torch.Tensor|None=None, # (B, K) bool, True for real draws; None = all real
+                         )->PLOutput:
     "Importance-sampled Plackett-Luce image loss: the partition sum over the full pool estimated from K draws of q_φ."
-    _check(dict(policy_pos_logps=(policy_pos_logps, 'B'), ref_pos_logps=(ref_pos_logps, 'B'), policy_neg_logps=(policy_neg_logps, 'B N'),
-                ref_neg_logps=(ref_neg_logps, 'B N'), log_q=(log_q, 'B N'), neg_mask=(neg_mask, 'B N')), beta=beta, mask='neg_mask')
+    _check(dict(policy_pos_logps=(policy_pos_logps, 'B'), policy_neg_logps=(policy_neg_logps, 'B K'), ref_pos_logps=(ref_pos_logps, 'B'),
+                ref_neg_logps=(ref_neg_logps, 'B K'), log_q=(log_q, 'B K'), neg_mask=(neg_mask, 'B K')), beta=beta, mask='neg_mask')
     if ((log_q.detach() > 1e-6) & (True if neg_mask is None else neg_mask)).any(): raise ValueError("log_q must hold log-probabilities (<= 0) of each draw under the proposal")
     return _pl(beta * (policy_pos_logps - ref_pos_logps), beta * (policy_neg_logps - ref_neg_logps), neg_mask, log_q.detach())
 
 # %% ../nbs/04_objectives.ipynb #7de0733d
 def pl_text_loss(policy_chosen_logps:torch.Tensor,   # (B,) log π_θ(y_c | x, m)
-                 ref_chosen_logps:torch.Tensor,      # (B,) log π_ref(y_c | x, m)
                  policy_rejected_logps:torch.Tensor, # (B, K) log π_θ(y_r^k | x, m) for K rejected responses
+                 ref_chosen_logps:torch.Tensor,      # (B,) log π_ref(y_c | x, m)
                  ref_rejected_logps:torch.Tensor,    # (B, K) log π_ref(y_r^k | x, m)
                  beta:float=0.5,                     # β > 0 (MISP-DPO's 0.5, so image and text sides share a scale)
                  rejected_mask:torch.Tensor|None=None,# (B, K) bool, True for real rejected responses; None = all real
                 )->PLOutput:
     "Plackett-Luce loss of one chosen response against K rejected responses for the same image."
-    _check(dict(policy_chosen_logps=(policy_chosen_logps, 'B'), ref_chosen_logps=(ref_chosen_logps, 'B'),
-                policy_rejected_logps=(policy_rejected_logps, 'B K'), ref_rejected_logps=(ref_rejected_logps, 'B K'),
+    _check(dict(policy_chosen_logps=(policy_chosen_logps, 'B'), policy_rejected_logps=(policy_rejected_logps, 'B K'),
+                ref_chosen_logps=(ref_chosen_logps, 'B'), ref_rejected_logps=(ref_rejected_logps, 'B K'),
                 rejected_mask=(rejected_mask, 'B K')), beta=beta, mask='rejected_mask')
     return _pl(beta * (policy_chosen_logps - ref_chosen_logps), beta * (policy_rejected_logps - ref_rejected_logps), rejected_mask)
 
@@ -185,11 +185,11 @@ def pl_text_loss(policy_chosen_logps:torch.Tensor,   # (B,) log π_θ(y_c | x, m
 class MISPOutput:
     "MISP-DPO's joint loss and the two results it was built from."
     losses: torch.Tensor  # (B,) image.losses + lam * text.losses
-    image: PLOutput       # result of pl_image_loss / is_pl_image_loss
+    image: PLOutput       # result of pl_image_loss / sampled_pl_image_loss
     text: DPOOutput|PLOutput  # result of dpo_loss or pl_text_loss
 
 # %% ../nbs/04_objectives.ipynb #861b5d01
-def misp_loss(image_part:PLOutput,   # result of `pl_image_loss` or `is_pl_image_loss`
+def misp_loss(image_part:PLOutput,   # result of `pl_image_loss` or `sampled_pl_image_loss`
               text_part:DPOOutput|PLOutput, # result of `dpo_loss` or `pl_text_loss`
               lam:float=1.0,         # λ ≥ 0, weight of the text side
              )->MISPOutput:
@@ -233,17 +233,17 @@ class ASPOOutput:
 
 # %% ../nbs/04_objectives.ipynb #d95fd79b
 def aspo_loss(policy_chosen_sent_logps:torch.Tensor, # (B, S) log π_θ(s_i | x, image, s_<i) for each sentence of y_c
-              ref_chosen_sent_logps:torch.Tensor,    # (B, S) the same under π_ref
+              policy_rejected_logps:torch.Tensor,    # (B,) log π_θ(y_r | x, image)
+              ref_chosen_sent_logps:torch.Tensor,    # (B, S) the same sentences under π_ref
+              ref_rejected_logps:torch.Tensor,       # (B,) log π_ref(y_r | x, image)
               sent_weights:torch.Tensor,             # (B, S) w_i ≥ 0, e.g. from `aspo_weights` (no gradient)
               sent_mask:torch.Tensor,                # (B, S) bool, True for real sentences
-              policy_rejected_logps:torch.Tensor,    # (B,) log π_θ(y_r | x, image)
-              ref_rejected_logps:torch.Tensor,       # (B,) log π_ref(y_r | x, image)
               beta:float=0.1,                        # β > 0
              )->ASPOOutput:
     "ASPO: DPO with the chosen reward replaced by a length-normalised, sentence-weighted sum (R_c = #sentences, R_c* = Σ(1+w_i))."
-    _check(dict(policy_chosen_sent_logps=(policy_chosen_sent_logps, 'B S'), ref_chosen_sent_logps=(ref_chosen_sent_logps, 'B S'),
-                sent_weights=(sent_weights, 'B S'), sent_mask=(sent_mask, 'B S'), policy_rejected_logps=(policy_rejected_logps, 'B'),
-                ref_rejected_logps=(ref_rejected_logps, 'B')), beta=beta, mask='sent_mask')
+    _check(dict(policy_chosen_sent_logps=(policy_chosen_sent_logps, 'B S'), policy_rejected_logps=(policy_rejected_logps, 'B'),
+                ref_chosen_sent_logps=(ref_chosen_sent_logps, 'B S'), ref_rejected_logps=(ref_rejected_logps, 'B'),
+                sent_weights=(sent_weights, 'B S'), sent_mask=(sent_mask, 'B S')), beta=beta, mask='sent_mask')
     if ((sent_weights.detach() < 0) & sent_mask).any(): raise ValueError("sent_weights must be >= 0")
     w1 = (1 + sent_weights.detach()).masked_fill(~sent_mask, 0.)                       # (B, S) 1 + w_i
     scales = sent_mask.sum(-1, keepdim=True) / w1.sum(-1, keepdim=True) * w1          # (R_c / R_c*)(1 + w_i)

@@ -271,7 +271,7 @@ def sample_proposal(log_q:torch.Tensor,  # (Q, M) log q_phi over each pool
                     k:int=3,             # draws K per query (with replacement, as in the unbiasedness proof)
                     generator:torch.Generator|None=None,
                    ):                    # (idx (Q, K) positions in the pool, log_q (Q, K) of the drawn candidates)
-    "Draw K pool positions per query from q_phi, returning them with their log q (for `is_pl_image_loss`)."
+    "Draw K pool positions per query from q_phi, returning them with their log q (for `sampled_pl_image_loss`)."
     if k < 1: raise ValueError(f"k must be at least 1, got {k}")
     idx = torch.multinomial(log_q.detach().exp(), k, replacement=True, generator=generator)
     return idx, log_q.gather(-1, idx)

@@ -12,8 +12,8 @@ import typer
 import mmpo_nb
 
 # %% auto #0
-__all__ = ['app', 'data_app', 'train_app', 'eval_app', 'main', 'docs', 'data_toy', 'data_check', 'train_clip_cmd',
-           'eval_clip_cmd', 'train_sft_cmd', 'eval_vlm_cmd', 'train_sae_cmd', 'select', 'demo']
+__all__ = ['app', 'data_app', 'train_app', 'eval_app', 'PREFERENCE_METHODS', 'main', 'docs', 'data_toy', 'data_check',
+           'train_clip_cmd', 'eval_clip_cmd', 'train_sft_cmd', 'eval_vlm_cmd', 'train_sae_cmd', 'select', 'demo']
 
 # %% ../nbs/10_cli.ipynb #396df918
 app = typer.Typer(help="mmpo-nb: multimodal preference optimization against VLM hallucination, on a toy world or real checkpoints.",
@@ -185,6 +185,50 @@ def select(data:Path=typer.Option(..., help="Dataset folder or table file."),
                                 clip_name=clip_name, seed=seed)
     except (ValueError, FileNotFoundError, FileExistsError) as e: _fail(e)
     typer.echo(f"wrote selected negatives to {f}")
+
+# %% ../nbs/10_cli.ipynb #67db8e03
+PREFERENCE_METHODS = {'dpo': "DPO (sigmoid loss on chosen vs rejected).",
+                      'mdpo': "mDPO: DPO + conditional preference on a corrupted image + reward anchor.",
+                      'misp': "MISP-DPO: Plackett-Luce over K negative images + PL text loss (weighted by --lam).",
+                      'aspo': "ASPO: DPO with sentence-weighted chosen rewards (needs the sent_weights column).",
+                      'miadpo': "MIA-DPO: DPO on multi-image rows."}
+
+def _preference_cmd(method:str):
+    def cmd(data:Path=typer.Option(..., help="Preference dataset folder or table file."),
+            model:Path=typer.Option(..., help="VLM folder to start from (e.g. the SFT model)."),
+            out:Path=typer.Option(..., help="Run folder (resumes from its newest checkpoint)."),
+            config:Optional[Path]=typer.Option(None, help="YAML file of PreferenceConfig fields."),
+            steps:Optional[int]=typer.Option(None, help="Optimizer steps."),
+            lr:Optional[float]=typer.Option(None, help="Peak learning rate."),
+            beta:Optional[float]=typer.Option(None, help="KL strength (default: the method's)."),
+            batch_size:Optional[int]=typer.Option(None, help="Rows per micro-batch."),
+            grad_accum:Optional[int]=typer.Option(None, help="Micro-batches per optimizer step."),
+            sft_weight:Optional[float]=typer.Option(None, help="Weight of the NLL term on chosen."),
+            lam:Optional[float]=typer.Option(None, help="misp: weight of the text loss."),
+            full_ft:Optional[bool]=typer.Option(None, '--full-ft/--lora', help="Full fine-tuning instead of LoRA."),
+            precompute_ref:Optional[bool]=typer.Option(None, '--precompute-ref/--live-ref', help="Cache reference log-probs once."),
+            eval_scenes:Optional[int]=typer.Option(None, help="Held-out toy scenes per evaluation (0 = none)."),
+            eval_every:Optional[int]=typer.Option(None, help="Steps between evaluations (0 = only at the end)."),
+            save_every:Optional[int]=typer.Option(None, help="Steps between checkpoints (0 = only at the end)."),
+            seed:Optional[int]=typer.Option(None, help="Seed."),
+            threads:Optional[int]=typer.Option(1, help="torch CPU threads.")):
+        from mmpo_nb.train import PreferenceConfig, train_preference
+        kw = dict(steps=steps, lr=lr, beta=beta, batch_size=batch_size, grad_accum=grad_accum, sft_weight=sft_weight, lam=lam,
+                  full_ft=full_ft, precompute_ref=precompute_ref, eval_scenes=eval_scenes, eval_every=eval_every, save_every=save_every,
+                  seed=seed, threads=threads)
+        kw = {k: v for k, v in kw.items() if v is not None}
+        try:
+            cfg = PreferenceConfig.from_yaml(config, method=method, **kw) if config else PreferenceConfig(method=method, **kw)
+            res = train_preference(cfg, data, model, out)
+        except (ValueError, FileNotFoundError) as e: _fail(e)
+        except FloatingPointError as e:
+            typer.echo(f"error: {e}", err=True); raise typer.Exit(1) from e
+        _echo_json(res)
+    cmd.__name__ = f'train_{method}_cmd'
+    cmd.__doc__ = PREFERENCE_METHODS[method] + " Train with a progress bar, log.jsonl and resumable checkpoints; print the final metrics."
+    return cmd
+
+for _m in PREFERENCE_METHODS: train_app.command(_m)(_preference_cmd(_m))
 
 # %% ../nbs/10_cli.ipynb #be4ecdb6
 @app.command()

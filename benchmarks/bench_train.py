@@ -8,7 +8,7 @@
 3. trl:  `mmpo_nb.train` against TRL's `DPOTrainer` (sigmoid loss), same tiny LLaVA, rows, batch size, LoRA (r=16, alpha=32,
    the LM's linears), fp32, AdamW, constant lr, one thread; each side in its own subprocess, so each peak RSS is its own.
    Pairs/s come from the wall time between the ends of steps `warmup` and `warmup+steps` (data loading, collation, both
-   forwards, backward, optimizer and logging included). Both sides read rows in order, and the first batch's loss and
+   forwards, backward, optimizer and logging included). TRL reads the rows in the order our trainer draws them, and the first batch's loss and
    log-probs are printed side by side; goal >= 1.5x the pairs/s at no more peak RSS. On a shared machine the wall clock
    is noisy, so pairs per CPU-second of the (single-threaded) process are printed too.
 
@@ -31,7 +31,9 @@ LR, BETA = 1e-4, 0.1
 
 
 def peak_rss_mb():
-    "Peak resident set size of this process in MiB (Linux reports ru_maxrss in KiB)."
+    "Peak resident set size of this process in MiB: VmHWM, which starts afresh at exec (ru_maxrss keeps the forking parent's peak)."
+    for line in Path('/proc/self/status').read_text().splitlines():
+        if line.startswith('VmHWM:'): return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -61,7 +63,7 @@ def build_data(folder, rows):
 
 # ---------------------------------------------------------------- TRL side (child process)
 
-def side_trl(model_dir, data_dir, batch, steps, warmup):
+def side_trl(model_dir, data_dir, batch, steps, warmup, order_file):
     "Train TRL's DPOTrainer for warmup+steps steps; first-batch loss/log-probs, pairs/s, peak RSS."
     import torch
     torch.set_num_threads(1)
@@ -73,13 +75,14 @@ def side_trl(model_dir, data_dir, batch, steps, warmup):
     from mmpo_nb.vlm import lm_lora_regex, load_vlm
 
     ds = read_dataset(data_dir).select_columns(['images', 'prompt', 'chosen', 'rejected'])
+    ds = ds.select(json.loads(Path(order_file).read_text()))   # our trainer's row order, read in sequence
     conv = lambda role, content: [{'role': role, 'content': content}]
     ds = ds.map(lambda r: {'prompt': conv('user', [{'type': 'image'}, {'type': 'text', 'text': r['prompt']}]),
                            'chosen': conv('assistant', [{'type': 'text', 'text': r['chosen']}]),
                            'rejected': conv('assistant', [{'type': 'text', 'text': r['rejected']}])})
     model, proc = load_vlm(model_dir)
 
-    class InOrder(DPOTrainer):   # rows in dataset order, like our side, so the first batches match
+    class InOrder(DPOTrainer):   # rows in the given order, so both sides train on the same batches
         def _get_train_sampler(self, *a, **k): return SequentialSampler(self.train_dataset)
 
     ends = []
@@ -100,11 +103,130 @@ def side_trl(model_dir, data_dir, batch, steps, warmup):
             **rates(ends, batch, steps, warmup), 'peak_rss_mb': peak_rss_mb()}
 
 
+# ---------------------------------------------------------------- our side (child process)
+
+def side_ours(model_dir, data_dir, batch, steps, warmup, precompute=False):
+    "Train with `mmpo_nb.train.train_preference` (dpo, live or precomputed reference); same measurements as `side_trl`."
+    import torch
+    torch.set_num_threads(1)
+    import mmpo_nb.loop as L
+    import mmpo_nb.train as T
+    ends, write = [], L.RunLog.write
+    def timed_write(self, step, metrics, epoch=None):          # one line per optimizer step: stamp its end
+        if 'loss/total' in metrics: ends.append((time.perf_counter(), time.process_time()))
+        return write(self, step, metrics, epoch)
+    L.RunLog.write = timed_write
+    pre, t_pre = T.precompute_reference, []
+    def timed_pre(*a, **k):
+        c0 = time.process_time(); r = pre(*a, **k); t_pre.append(time.process_time() - c0); return r
+    T.precompute_reference = timed_pre
+    out = Path(tempfile.mkdtemp(prefix='ours-'))
+    cfg = T.PreferenceConfig(method='dpo', beta=BETA, lr=LR, steps=warmup + steps, batch_size=batch, lora_r=LORA['r'],
+                             lora_alpha=LORA['alpha'], lora_dropout=0.0, mixed_precision='no', threads=1, progress=False, seed=0,
+                             precompute_ref=precompute, ref_cache=str(out/'ref.safetensors'))
+    T.train_preference(cfg, data_dir, model_dir, out/'run')
+    log = [r for r in L.read_log(out/'run') if 'loss/total' in r]
+    res = {'side': 'ours-pre' if precompute else 'ours', 'first_loss': log[0]['loss/total'], 'first_logps_chosen': log[0]['logps/chosen'],
+           'first_logps_rejected': log[0]['logps/rejected'], 'losses': [r['loss/total'] for r in log],
+           **rates(ends, batch, steps, warmup), 'peak_rss_mb': peak_rss_mb()}
+    if precompute: res['precompute_cpu_s_per_row'] = t_pre[0] / len(T.read_dataset(data_dir))
+    return res
+
+
+def first_rows(n, batch, micro_batches):
+    "Dataset rows in the order `train_preference` reads them (its `RowOrder`), so TRL can read the same batches in sequence."
+    from mmpo_nb.train import RowOrder
+    o = RowOrder(n, batch, seed=0)
+    return [r for i in range(micro_batches) for r in o.rows(i)]
+
+
+# ---------------------------------------------------------------- building-block steps (parent process)
+
+def _step_parts(model_dir, data_dir, batch):
+    "The trainer's pieces on one micro-batch: a LoRA scorer, its optimizer, the processor and `batch` rows."
+    import torch
+    from mmpo_nb.data import read_dataset
+    from mmpo_nb.train import SequenceScorer
+    from mmpo_nb.vlm import add_lora, load_vlm
+    vlm, proc = load_vlm(model_dir)
+    scorer = SequenceScorer(add_lora(vlm, r=LORA['r'], alpha=LORA['alpha']))
+    opt = torch.optim.AdamW([p for p in scorer.parameters() if p.requires_grad], lr=LR)
+    rows = [read_dataset(data_dir)[i] for i in range(batch)]
+    return scorer, opt, proc, rows
+
+
+def _opt_step(scorer, opt, proc, sb, method, cfg, ref=None):
+    "One optimizer step of `method` on the sequences of `sb` as `train_preference` runs it (live reference unless `ref` is given)."
+    from mmpo_nb.train import _ref_forward, encode_step, preference_loss, role_logps
+    enc = encode_step(proc, sb)
+    pol = role_logps(*scorer(enc), enc, sb, method)
+    if ref is None: ref = role_logps(*_ref_forward(scorer, None, enc), enc, sb, method)
+    loss, _ = preference_loss(method, pol, {k: v.detach() for k, v in ref.items()}, sb, cfg)
+    loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
+    return loss.item()
+
+
+def _image_pair_batch(rows, k):
+    "A DPO micro-batch of image pairs: (own image, chosen) preferred to (negative image k, chosen)."
+    import torch
+    from mmpo_nb.train import StepBatch, _text
+    B = len(rows)
+    images = [r['images'][0] for r in rows] + [r['neg_images'][k] for r in rows]
+    prompts, responses = [_text(r['prompt']) for r in rows] * 2, [_text(r['chosen']) for r in rows] * 2
+    return StepBatch(list(range(B)), images, [[j] for j in range(2 * B)], prompts, responses,
+                     {'chosen': torch.arange(B), 'rejected': torch.arange(B, 2 * B)})
+
+
+def _cpu_time(fn, rounds):
+    "Median process CPU seconds of `fn()` over `rounds` calls (after one untimed call)."
+    fn(); ts = []
+    for _ in range(rounds):
+        c0 = time.process_time(); fn(); ts.append(time.process_time() - c0)
+    return statistics.median(ts)
+
+
+def bench_misp(model_dir, data_dir, a, K=3):
+    from mmpo_nb.train import PreferenceConfig, build_step
+    scorer, opt, proc, rows = _step_parts(model_dir, data_dir, a.batch)
+    mcfg, dcfg = PreferenceConfig(method='misp', max_negatives=K, misp_image='exact'), PreferenceConfig(method='dpo')
+    sb = build_step(rows, list(range(len(rows))), 'misp', mcfg)
+    pairs = [_image_pair_batch(rows, k) for k in range(K)]
+    misp = lambda: _opt_step(scorer, opt, proc, sb, 'misp', mcfg)
+    dpo3 = lambda: [_opt_step(scorer, opt, proc, p, 'dpo', dcfg) for p in pairs]
+    tm, td = [], []
+    for _ in range(a.rounds):                                  # alternate the sides so load changes hit both
+        tm.append(_cpu_time(misp, 1)); td.append(_cpu_time(dpo3, 1))
+    tm, td = statistics.median(tm), statistics.median(td)
+    print(f"\n== K={K} MISP step vs {K} pairwise DPO steps on the same (image, negative image) pairs: batch {a.batch} rows, live reference")
+    print(f"   MISP: {sb.n_seqs} sequences, {len(sb.images)} images, 1 optimizer step; DPO: {K} x {pairs[0].n_seqs} sequences, "
+          f"{K} x {len(pairs[0].images)} images, {K} optimizer steps (MISP also scores the text negative)")
+    print(f"   CPU s: MISP {tm:.3f}  {K} x DPO {td:.3f}  ratio {tm / td:.2f}x  (goal <= 0.70x)")
+    return tm / td
+
+
+def bench_ref(model_dir, data_dir, a):
+    from mmpo_nb.train import PreferenceConfig, build_step, encode_step, role_logps, _ref_forward
+    scorer, opt, proc, rows = _step_parts(model_dir, data_dir, a.batch)
+    cfg = PreferenceConfig(method='dpo')
+    sb = build_step(rows, list(range(len(rows))), 'dpo', cfg)
+    enc = encode_step(proc, sb)
+    ref = role_logps(*_ref_forward(scorer, None, enc), enc, sb, 'dpo')        # what the cache holds for these rows
+    live = lambda: _opt_step(scorer, opt, proc, sb, 'dpo', cfg)
+    pre = lambda: _opt_step(scorer, opt, proc, sb, 'dpo', cfg, ref=ref)
+    tl, tp = [], []
+    for _ in range(a.rounds):
+        tl.append(_cpu_time(live, 1)); tp.append(_cpu_time(pre, 1))
+    tl, tp = statistics.median(tl), statistics.median(tp)
+    print(f"\n== DPO step with precomputed reference log-probs vs live reference (adapter disabled): batch {a.batch}")
+    print(f"   CPU s: precomputed {tp:.3f}  live {tl:.3f}  ratio {tp / tl:.2f}x  (goal <= 0.70x)")
+    return tp / tl
+
+
 # ---------------------------------------------------------------- driver
 
-def run_side(side, model_dir, data_dir, a):
+def run_side(side, model_dir, data_dir, a, order_file):
     "Run one side in a fresh interpreter (its own peak RSS) and return the JSON it prints last."
-    cmd = [sys.executable, __file__, '--side', side, '--model', str(model_dir), '--data', str(data_dir),
+    cmd = [sys.executable, __file__, '--side', side, '--order', str(order_file), '--model', str(model_dir), '--data', str(data_dir),
            '--batch', str(a.batch), '--steps', str(a.steps), '--warmup', str(a.warmup)]
     env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1', TOKENIZERS_PARALLELISM='false')
     p = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -113,8 +235,11 @@ def run_side(side, model_dir, data_dir, a):
 
 
 def bench_trl(model_dir, data_dir, a):
-    sides = {s: run_side(s, model_dir, data_dir, a) for s in ('trl', 'ours')}
-    t, o = sides['trl'], sides['ours']
+    order_file = Path(tempfile.mkdtemp())/'order.json'
+    from mmpo_nb.data import read_dataset
+    order_file.write_text(json.dumps(first_rows(len(read_dataset(data_dir)), a.batch, a.warmup + a.steps)))
+    sides = {s: run_side(s, model_dir, data_dir, a, order_file) for s in ('trl', 'ours', 'ours-pre')}
+    t, o, q = sides['trl'], sides['ours'], sides['ours-pre']
     print(f"\n== mmpo_nb.train vs TRL DPOTrainer: batch {a.batch}, {a.steps} timed steps after {a.warmup}, fp32, LoRA r={LORA['r']}, 1 thread")
     print(f"{'':24}{'TRL':>12}{'mmpo_nb':>12}{'ratio':>10}")
     print(f"{'first-batch loss':24}{t['first_loss']:12.6f}{o['first_loss']:12.6f}{o['first_loss'] - t['first_loss']:+10.1e}")
@@ -123,8 +248,11 @@ def bench_trl(model_dir, data_dir, a):
     print(f"{'pairs/s':24}{t['pairs_per_s']:12.2f}{o['pairs_per_s']:12.2f}{o['pairs_per_s'] / t['pairs_per_s']:9.2f}x  (goal >= 1.5x)")
     print(f"{'pairs/CPU-s':24}{t['pairs_per_cpu_s']:12.2f}{o['pairs_per_cpu_s']:12.2f}{o['pairs_per_cpu_s'] / t['pairs_per_cpu_s']:9.2f}x  (same, by CPU time)")
     print(f"{'peak RSS (MiB)':24}{t['peak_rss_mb']:12.0f}{o['peak_rss_mb']:12.0f}{o['peak_rss_mb'] / t['peak_rss_mb']:9.2f}x  (goal <= 1.0x)")
-    print('losses TRL    ', [round(x, 5) for x in t['losses']])
-    print('losses mmpo_nb', [round(x, 5) for x in o['losses']])
+    print(f"{'pairs/s, precomputed ref':24}{'':12}{q['pairs_per_s']:12.2f}{q['pairs_per_s'] / t['pairs_per_s']:9.2f}x  "
+          f"(precompute pass: {q['precompute_cpu_s_per_row'] * 1000:.0f} CPU-ms per row, once per dataset)")
+    print(f"{'pairs/CPU-s, precomp.':24}{'':12}{q['pairs_per_cpu_s']:12.2f}{q['pairs_per_cpu_s'] / t['pairs_per_cpu_s']:9.2f}x")
+    print(f"{'peak RSS, precomputed':24}{'':12}{q['peak_rss_mb']:12.0f}{q['peak_rss_mb'] / t['peak_rss_mb']:9.2f}x")
+    for k, v in sides.items(): print(f"losses {k:9}", [round(x, 5) for x in v['losses']])
     return sides
 
 
@@ -137,10 +265,12 @@ def main():
     ap.add_argument('--steps', type=int, default=8, help='timed steps')
     ap.add_argument('--warmup', type=int, default=2, help='untimed steps first')
     ap.add_argument('--parts', default='misp,ref,trl')
+    ap.add_argument('--rounds', type=int, default=5, help='alternating rounds of the building-block benchmarks')
     ap.add_argument('--side', help=argparse.SUPPRESS)
+    ap.add_argument('--order', help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.side:
-        print(json.dumps(SIDES[a.side](a.model, a.data, a.batch, a.steps, a.warmup))); return
+        print(json.dumps(SIDES[a.side](a.model, a.data, a.batch, a.steps, a.warmup, a.order))); return
     import torch
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory(prefix='bench-train-') as tmp:
@@ -152,7 +282,7 @@ def main():
         if 'trl' in parts: bench_trl(model_dir, data_dir, a)
 
 
-SIDES = {'trl': side_trl}
+SIDES = {'trl': side_trl, 'ours': lambda *x: side_ours(*x[:-1]), 'ours-pre': lambda *x: side_ours(*x[:-1], precompute=True)}
 
 if __name__ == '__main__':
     main()

@@ -6,11 +6,13 @@
    steps on the same pairs (positive image vs each negative image as the chosen/rejected pair); goal <= 0.70x the time.
 2. ref:  one DPO step with precomputed reference log-probs against one with a live reference (adapter disabled); goal <= 0.70x.
 3. trl:  `mmpo_nb.train` against TRL's `DPOTrainer` (sigmoid loss), same tiny LLaVA, rows, batch size, LoRA (r=16, alpha=32,
-   the LM's linears), fp32, AdamW, constant lr, one thread; each side in its own subprocess, so each peak RSS is its own.
+   the LM's linears), fp32, AdamW at lr 1e-4, one thread; each side in its own subprocess, so each peak RSS is its own
+   (TRL's schedule is constant, ours cosine: the loss curves drift apart after the first step, the cost does not).
    Pairs/s come from the wall time between the ends of steps `warmup` and `warmup+steps` (data loading, collation, both
    forwards, backward, optimizer and logging included). TRL reads the rows in the order our trainer draws them, and the first batch's loss and
    log-probs are printed side by side; goal >= 1.5x the pairs/s at no more peak RSS. On a shared machine the wall clock
-   is noisy, so pairs per CPU-second of the (single-threaded) process are printed too.
+   is noisy, so pairs per CPU-second of the (single-threaded) process are printed too, and the sides alternate over
+   `--side-rounds` rounds (the median round of each is reported). A third side runs our trainer with `--precompute-ref`.
 
 The model is the demo's SFT LLaVA when `--model` is given, else a randomly initialised one with the same shapes
 (`SFTConfig` defaults). TRL is the `bench` extra: `pip install -e .[bench]`.
@@ -177,6 +179,30 @@ def _image_pair_batch(rows, k):
                      {'chosen': torch.arange(B), 'rejected': torch.arange(B, 2 * B)})
 
 
+def _image_only(sb):
+    "The MISP micro-batch without its text negatives: the positive and the K negative-image sequences."
+    import dataclasses
+    keep = sorted(set(sb.roles['chosen'].tolist()) | set(sb.roles['neg'].flatten().tolist()))
+    new = {j: i for i, j in enumerate(keep)}
+    remap = lambda t: t.clone().apply_(new.get)
+    return dataclasses.replace(sb, seq_images=[sb.seq_images[j] for j in keep], prompts=[sb.prompts[j] for j in keep],
+                               responses=[sb.responses[j] for j in keep], roles={k: remap(sb.roles[k]) for k in ('chosen', 'neg')},
+                               masks={'neg': sb.masks['neg']})
+
+
+def _image_step(scorer, opt, proc, sb, cfg):
+    "One optimizer step of MISP's PL image loss alone (live reference)."
+    from mmpo_nb.objectives import pl_image_loss
+    from mmpo_nb.train import _ref_forward, encode_step, role_logps
+    enc = encode_step(proc, sb)
+    P = role_logps(*scorer(enc), enc, sb, 'misp')
+    R = role_logps(*_ref_forward(scorer, None, enc), enc, sb, 'misp')
+    loss = pl_image_loss(policy_pos_logps=P['chosen'], policy_neg_logps=P['neg'], ref_pos_logps=R['chosen'].detach(),
+                         ref_neg_logps=R['neg'].detach(), beta=cfg.beta, neg_mask=sb.masks['neg']).losses.mean()
+    loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
+    return loss.item()
+
+
 def _cpu_time(fn, rounds):
     "Median process CPU seconds of `fn()` over `rounds` calls (after one untimed call)."
     fn(); ts = []
@@ -191,16 +217,19 @@ def bench_misp(model_dir, data_dir, a, K=3):
     mcfg, dcfg = PreferenceConfig(method='misp', max_negatives=K, misp_image='exact'), PreferenceConfig(method='dpo')
     sb = build_step(rows, list(range(len(rows))), 'misp', mcfg)
     pairs = [_image_pair_batch(rows, k) for k in range(K)]
+    img = _image_only(sb)
     misp = lambda: _opt_step(scorer, opt, proc, sb, 'misp', mcfg)
+    misp_img = lambda: _image_step(scorer, opt, proc, img, mcfg)
     dpo3 = lambda: [_opt_step(scorer, opt, proc, p, 'dpo', dcfg) for p in pairs]
-    tm, td = [], []
+    tm, ti, td = [], [], []
     for _ in range(a.rounds):                                  # alternate the sides so load changes hit both
-        tm.append(_cpu_time(misp, 1)); td.append(_cpu_time(dpo3, 1))
-    tm, td = statistics.median(tm), statistics.median(td)
+        tm.append(_cpu_time(misp, 1)); ti.append(_cpu_time(misp_img, 1)); td.append(_cpu_time(dpo3, 1))
+    tm, ti, td = statistics.median(tm), statistics.median(ti), statistics.median(td)
     print(f"\n== K={K} MISP step vs {K} pairwise DPO steps on the same (image, negative image) pairs: batch {a.batch} rows, live reference")
     print(f"   MISP: {sb.n_seqs} sequences, {len(sb.images)} images, 1 optimizer step; DPO: {K} x {pairs[0].n_seqs} sequences, "
           f"{K} x {len(pairs[0].images)} images, {K} optimizer steps (MISP also scores the text negative)")
     print(f"   CPU s: MISP {tm:.3f}  {K} x DPO {td:.3f}  ratio {tm / td:.2f}x  (goal <= 0.70x)")
+    print(f"   MISP image term alone ({img.n_seqs} sequences, no text negative): {ti:.3f} CPU s, ratio {ti / td:.2f}x")
     return tm / td
 
 
@@ -238,8 +267,14 @@ def bench_trl(model_dir, data_dir, a):
     order_file = Path(tempfile.mkdtemp())/'order.json'
     from mmpo_nb.data import read_dataset
     order_file.write_text(json.dumps(first_rows(len(read_dataset(data_dir)), a.batch, a.warmup + a.steps)))
-    sides = {s: run_side(s, model_dir, data_dir, a, order_file) for s in ('trl', 'ours', 'ours-pre')}
+    runs = {}
+    for _ in range(a.side_rounds):                             # alternate the sides; report each one's median round
+        for s in ('trl', 'ours', 'ours-pre'): runs.setdefault(s, []).append(run_side(s, model_dir, data_dir, a, order_file))
+    med = lambda rs: sorted(rs, key=lambda r: r['pairs_per_cpu_s'])[len(rs) // 2]
+    sides = {s: med(rs) for s, rs in runs.items()}
     t, o, q = sides['trl'], sides['ours'], sides['ours-pre']
+    print('\nper round, pairs/CPU-s:', {s: [round(r['pairs_per_cpu_s'], 2) for r in rs] for s, rs in runs.items()})
+    print('per round, peak RSS MiB:', {s: [round(r['peak_rss_mb']) for r in rs] for s, rs in runs.items()})
     print(f"\n== mmpo_nb.train vs TRL DPOTrainer: batch {a.batch}, {a.steps} timed steps after {a.warmup}, fp32, LoRA r={LORA['r']}, 1 thread")
     print(f"{'':24}{'TRL':>12}{'mmpo_nb':>12}{'ratio':>10}")
     print(f"{'first-batch loss':24}{t['first_loss']:12.6f}{o['first_loss']:12.6f}{o['first_loss'] - t['first_loss']:+10.1e}")
@@ -266,6 +301,7 @@ def main():
     ap.add_argument('--warmup', type=int, default=2, help='untimed steps first')
     ap.add_argument('--parts', default='misp,ref,trl')
     ap.add_argument('--rounds', type=int, default=5, help='alternating rounds of the building-block benchmarks')
+    ap.add_argument('--side-rounds', type=int, default=3, help='alternating subprocess rounds of the TRL comparison')
     ap.add_argument('--side', help=argparse.SUPPRESS)
     ap.add_argument('--order', help=argparse.SUPPRESS)
     a = ap.parse_args()

@@ -42,7 +42,8 @@ def peak_rss_mb():
 def rates(ends, batch, steps, warmup):
     "Pairs/s by wall clock and by this process's CPU time, between the ends of steps `warmup` and `warmup+steps`."
     (w0, c0), (w1, c1) = ends[warmup - 1], ends[warmup + steps - 1]
-    return {'pairs_per_s': batch * steps / (w1 - w0), 'pairs_per_cpu_s': batch * steps / (c1 - c0)}
+    return {'pairs_per_s': batch * steps / (w1 - w0), 'pairs_per_cpu_s': batch * steps / (c1 - c0),
+            'step_cpu_ms': [round(1000 * (b[1] - a[1])) for a, b in zip(ends, ends[1:])]}
 
 
 # ---------------------------------------------------------------- setup (parent process)

@@ -13,7 +13,8 @@ import mmpo_nb
 
 # %% auto #0
 __all__ = ['app', 'data_app', 'train_app', 'eval_app', 'PREFERENCE_METHODS', 'main', 'docs', 'data_toy', 'data_check',
-           'train_clip_cmd', 'eval_clip_cmd', 'train_sft_cmd', 'eval_vlm_cmd', 'train_sae_cmd', 'select', 'demo']
+           'train_clip_cmd', 'eval_clip_cmd', 'train_sft_cmd', 'eval_vlm_cmd', 'train_sae_cmd', 'select', 'data_mdpo',
+           'data_aspo', 'data_misp', 'demo']
 
 # %% ../nbs/10_cli.ipynb #396df918
 app = typer.Typer(help="mmpo-nb: multimodal preference optimization against VLM hallucination, on a toy world or real checkpoints.",
@@ -185,6 +186,95 @@ def select(data:Path=typer.Option(..., help="Dataset folder or table file."),
                                 clip_name=clip_name, seed=seed)
     except (ValueError, FileNotFoundError, FileExistsError) as e: _fail(e)
     typer.echo(f"wrote selected negatives to {f}")
+
+# %% ../nbs/10_cli.ipynb #e1436a4e
+def _method_inputs(inp:Path, out:Path, overwrite:bool, model:Optional[Path]=None, need_scene:bool=False):
+    "Validate the common inputs of `mmpo data <method>` before any work: (dataset, world, (model, processor) or None)."
+    from mmpo_nb.data import read_dataset
+    from mmpo_nb.pairs import world_of_dataset, dataset_scenes
+    from mmpo_nb.vlm import load_vlm
+    if out.exists() and not overwrite: raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
+    ds = read_dataset(inp)
+    if need_scene: dataset_scenes(ds, file=inp)
+    mp = load_vlm(model) if model is not None else None
+    return ds, world_of_dataset(inp, ds), mp
+
+def _write_method(ds, out:Path, info:dict, overwrite:bool):
+    from mmpo_nb.pairs import write_pairs
+    from mmpo_nb.data import check_dataset
+    write_pairs(ds, out, info, overwrite=overwrite, progress=True)
+    typer.echo(str(check_dataset(out)))
+
+_DATA_ERRORS = (ValueError, FileNotFoundError, FileExistsError)
+
+@data_app.command('mdpo')
+def data_mdpo(inp:Path=typer.Option(..., '--in', help="Input dataset folder (toy rows with `scene` for --pairs own)."),
+              model:Optional[Path]=typer.Option(None, help="SFT model folder (needed for --pairs own)."),
+              out:Path=typer.Option(..., help="Folder to create."),
+              pairs:str=typer.Option('own', help="'own' (own-output pairs of the input's scenes) or 'input' (keep the input's pairs)."),
+              task:str=typer.Option('both', help="Own pairs from 'describe', 'qa' or 'both'."),
+              n_samples:int=typer.Option(4, help="Sampled descriptions per scene."),
+              chosen_from:str=typer.Option('correct', help="Chosen of a hallucinated own answer: 'correct', 'remove' or 'sample'."),
+              balance:bool=typer.Option(True, help="Balance yes/no answers and add omission pairs."),
+              seed:int=typer.Option(0, help="Sampling, balancing and corrupt_seed seed."),
+              overwrite:bool=typer.Option(False, help="Replace an existing folder.")):
+    "mDPO data: own-output (or the input's) pairs with a `corrupt_seed` per row."
+    from mmpo_nb.pairs import OwnPairsConfig
+    from mmpo_nb.mdpo_data import MDPODataConfig, mdpo_dataset
+    try:
+        cfg = MDPODataConfig(pairs=pairs, seed=seed, own=OwnPairsConfig(task=task, n_samples=n_samples, chosen_from=chosen_from, balance=balance, seed=seed))
+        if pairs == 'own' and model is None: raise ValueError("--pairs own needs --model")
+        ds, world, mp = _method_inputs(inp, out, overwrite, model if pairs == 'own' else None, need_scene=pairs == 'own')
+        res, info = mdpo_dataset(ds, *(mp or (None, None)), world=world, cfg=cfg, progress=True)
+        _write_method(res, out, info | {'input': str(inp), 'model': str(model)}, overwrite)
+    except _DATA_ERRORS as e: _fail(e)
+
+@data_app.command('aspo')
+def data_aspo(inp:Path=typer.Option(..., '--in', help="Input dataset folder (images and prompts; chosen/rejected for --pairs input)."),
+              model:Path=typer.Option(..., help="SFT model folder."),
+              out:Path=typer.Option(..., help="Folder to create."),
+              clip:Optional[Path]=typer.Option(None, help="CLIP folder (default: the run's clip/ next to MODEL's sft/ folder)."),
+              clip_name:Optional[str]=typer.Option(None, help="open_clip model name (default: local-dir when the folder has open_clip_config.json, else mmpo-tiny)."),
+              pairs:str=typer.Option('seva', help="'seva' (clean vs noised answers) or 'input' (keep the input's pairs)."),
+              t:int=typer.Option(500, help="Diffusion step of the noised image (of 1000)."),
+              alpha:float=typer.Option(0.5, help="w = alpha * similarity' + (1 - alpha) * perplexity'."),
+              prompt:Optional[str]=typer.Option(None, help="One prompt for every row (default: each row's prompt)."),
+              seed:int=typer.Option(0, help="Noise seed."),
+              overwrite:bool=typer.Option(False, help="Replace an existing folder.")):
+    "ASPO data: SeVa (or the input's) pairs with per-sentence CLIP similarity, perplexity and fused `sent_weights`."
+    from mmpo_nb.aspo import ASPOConfig, aspo_dataset
+    from mmpo_nb.clip import load_clip
+    try:
+        cfg = ASPOConfig(pairs=pairs, t=t, alpha=alpha, prompt=prompt, seed=seed)
+        if clip is None:
+            clip = Path(model).resolve().parent.parent/'clip'
+            if not clip.exists(): raise FileNotFoundError(f"no CLIP given and none at {clip}; pass --clip")
+        if not Path(clip).exists(): raise FileNotFoundError(f"CLIP folder not found: {clip}")
+        ds, world, (m, proc) = _method_inputs(inp, out, overwrite, model)
+        name = clip_name or ('local-dir:' + str(clip) if (Path(clip)/'open_clip_config.json').exists() else 'mmpo-tiny')
+        c = load_clip(name, None if name.startswith('local-dir:') else clip, device='cpu')
+        res, info = aspo_dataset(ds, m, proc, c, cfg, progress=True)
+        _write_method(res, out, info | {'input': str(inp), 'model': str(model), 'clip': str(clip)}, overwrite)
+    except _DATA_ERRORS as e: _fail(e)
+
+@data_app.command('misp')
+def data_misp(inp:Path=typer.Option(..., '--in', help="Input toy dataset folder (rows with `scene`)."),
+              selection:Path=typer.Option(..., help="Output folder of `mmpo select` for the same rows."),
+              model:Optional[Path]=typer.Option(None, help="SFT model folder for own text negatives (omit: toy variants only)."),
+              out:Path=typer.Option(..., help="Folder to create."),
+              k_text:int=typer.Option(3, help="Text negatives per row."),
+              n_samples:int=typer.Option(4, help="Own descriptions sampled per row."),
+              seed:int=typer.Option(0, help="Sampling seed."),
+              overwrite:bool=typer.Option(False, help="Replace an existing folder.")):
+    "MISP-DPO data: the K selected image negatives (+ log_q) and labelled text negatives in one row."
+    from mmpo_nb.misp_data import MISPDataConfig, misp_dataset, read_selection
+    try:
+        cfg = MISPDataConfig(k_text=k_text, n_samples=n_samples, seed=seed)
+        sel = read_selection(selection)
+        ds, world, mp = _method_inputs(inp, out, overwrite, model, need_scene=True)
+        res, info = misp_dataset(ds, sel, world, *(mp or (None, None)), cfg=cfg, progress=True)
+        _write_method(res, out, info | {'input': str(inp), 'selection': str(selection), 'model': str(model)}, overwrite)
+    except _DATA_ERRORS as e: _fail(e)
 
 # %% ../nbs/10_cli.ipynb #67db8e03
 PREFERENCE_METHODS = {'dpo': "DPO (sigmoid loss on chosen vs rejected).",

@@ -15,7 +15,8 @@ import datasets
 from PIL import Image
 from tqdm.auto import tqdm
 from .core import DataError, atomic_dir
-from .toyworld import (ToyWorld, WorldConfig, Scene, describe, questions, scene_diff, split_sentences,
+from .text import split_sentences
+from .toyworld import (ToyWorld, WorldConfig, Scene, describe, questions, scene_diff,
                               DESCRIBE_PROMPTS, DEFAULT_PARTS, HALLUCINATION_KINDS, EDIT_FACTORS, NUMBERS, FLIP, PLACES)
 
 # %% auto #0

@@ -12,12 +12,13 @@ from pathlib import Path
 from dataclasses import dataclass, field, asdict
 from typing import Callable, Iterable, Mapping, Sequence
 from .core import DataError
+from .text import split_sentences, plural_forms, word_to_number
 from .toyworld import SYNONYMS as TOY_SYNONYMS
 
 # %% auto #0
-__all__ = ['NUMBER_WORDS', 'POPE_SPLITS', 'POPE_TEMPLATE', 'COCO_SYNONYMS', 'parse_yes_no', 'parse_count', 'ObjectStats',
+__all__ = ['POPE_SPLITS', 'POPE_TEMPLATE', 'COCO_RULES', 'COCO_SYNONYMS', 'parse_yes_no', 'parse_count', 'ObjectStats',
            'object_stats', 'pope_negatives', 'PopeQuestion', 'pope_question', 'build_pope', 'PopeScores', 'pope_scores',
-           'PopeReport', 'evaluate_pope', 'write_pope', 'read_pope', 'plural_forms', 'SynonymTable', 'ChairScores',
+           'PopeReport', 'evaluate_pope', 'write_pope', 'read_pope', 'Vocabulary', 'SynonymTable', 'ChairScores',
            'chair', 'QAScores', 'parse_choice', 'qa_accuracy']
 
 # %% ../nbs/02_metrics.ipynb #386ab169
@@ -33,7 +34,7 @@ def parse_yes_no(text:str|None # a model's free-form answer to a yes/no question
                 )->str|None: # 'yes', 'no', or None when the answer cannot be read
     "Read a free-form answer as 'yes' or 'no'; `None` when it says neither (empty, off-topic, unsure)."
     if text is None: return None
-    for sent in re.split(r'[.!?;\n]+', _norm(text)):
+    for sent in split_sentences(_norm(text)):
         words = re.findall(r"[a-z']+", sent)
         if not words: continue
         if words[0] in _YES_LEAD: return 'yes'
@@ -44,17 +45,14 @@ def parse_yes_no(text:str|None # a model's free-form answer to a yes/no question
     return None
 
 # %% ../nbs/02_metrics.ipynb #686e25fb
-NUMBER_WORDS = {w: i for i, w in enumerate('zero one two three four five six seven eight nine ten eleven twelve thirteen '
-                                           'fourteen fifteen sixteen seventeen eighteen nineteen twenty'.split())} | {'single': 1}
-
 def parse_count(text:str|None # a model's free-form answer to a "how many" question
                )->int|None: # the number, or None when there is none
     "First number in `text` (digits or a word); else 0 for 'no'/'none', 1 for 'a'/'an'; `None` if nothing says a number."
     if text is None: return None
     words = re.findall(r"[a-z]+|\d+", _norm(text))
     for w in words:
-        if w.isdigit(): return int(w)
-        if w in NUMBER_WORDS: return NUMBER_WORDS[w]
+        n = 1 if w == 'single' else word_to_number(w)    # digits and `text.NUMBER_WORDS`
+        if n is not None: return n
     if any(w in ('no', 'none', 'nothing') for w in words): return 0
     return 1 if any(w in ('a', 'an') for w in words) else None
 
@@ -269,28 +267,20 @@ def read_pope(path, # POPE JSON-lines file (question_id, image, text, label)
     return out
 
 # %% ../nbs/02_metrics.ipynb #1dbc7fe1
-_IRREGULAR = {'person': ['people', 'persons'], 'man': ['men'], 'woman': ['women'], 'child': ['children'], 'mouse': ['mice'],
-              'foot': ['feet'], 'tooth': ['teeth'], 'goose': ['geese'], 'sheep': ['sheep'], 'fish': ['fish'], 'deer': ['deer']}
-
 def _tokens(text:str)->list[str]:
     return re.findall(r"[a-z0-9]+", re.sub(r"'s\b", '', _norm(text)))
 
-def plural_forms(word:str # a singular noun (or a phrase: its last word is inflected)
-                )->list[str]:
-    "Plural spellings of `word` (English rules plus a few irregular nouns)."
-    *head, w = word.split()
-    if w in _IRREGULAR: forms = _IRREGULAR[w]
-    elif re.search(r'(s|x|z|ch|sh)$', w): forms = [w + 'es']
-    elif re.search(r'[^aeiou]y$', w): forms = [w[:-1] + 'ies']
-    elif w.endswith('fe'): forms = [w[:-2] + 'ves', w + 's']
-    elif w.endswith('f') and not w.endswith('ff'): forms = [w[:-1] + 'ves', w + 's']
-    elif w.endswith('o'): forms = [w + 's', w + 'es']
-    else: forms = [w + 's']
-    return [' '.join(head + [f]) for f in forms]
+class Vocabulary(dict):
+    "Canonical name -> synonyms, plus `rules`: phrases read as another word (or as no object), e.g. 'baby bird' -> 'bird'."
+    def __init__(self, synonyms:Mapping, # canonical name -> synonyms
+                 rules:Mapping[str, str|None]|None=None): # phrase -> the word it counts as (None: no object)
+        super().__init__(synonyms); self.rules = dict(rules or {})
 
 class SynonymTable:
-    "Finds vocabulary objects in text: canonical name -> surface forms, with plurals and multi-word phrases."
-    def __init__(self, synonyms:Mapping[str, Iterable[str]]|Iterable[str]): # canonical -> synonyms, or just the names
+    "Finds vocabulary objects in text: canonical name -> surface forms, with plurals, multi-word phrases and phrase rules."
+    def __init__(self, synonyms:Mapping[str, Iterable[str]]|Iterable[str], # canonical -> synonyms, or just the names
+                 rules:Mapping[str, str|None]|None=None): # phrase -> word it counts as, or None (default: `synonyms.rules` if any)
+        if rules is None: rules = getattr(synonyms, 'rules', {})
         if not isinstance(synonyms, Mapping): synonyms = {c: [] for c in synonyms}
         if not synonyms: raise ValueError("empty vocabulary: the synonym table has no objects")
         self.classes, self.phrases = list(synonyms), {}
@@ -304,7 +294,11 @@ class SynonymTable:
         for c, syns in synonyms.items():             # generated plurals never override an explicit form
             for s in [c, *syns]:
                 for p in plural_forms(' '.join(_tokens(s))): self.phrases.setdefault(tuple(p.split()), c)
-        self.max_len = max(map(len, self.phrases))
+        self.rules = {}                              # a rule phrase (and its plurals) wins over the words inside it
+        for ph, target in rules.items():
+            c = None if target is None else self.canonical(target)
+            for p in [' '.join(_tokens(ph)), *plural_forms(' '.join(_tokens(ph)))]: self.rules[tuple(p.split())] = c
+        self.max_len = max(map(len, [*self.phrases, *self.rules]))
     def canonical(self, name:str)->str|None:
         "Canonical class of a name or synonym (None if unknown)."
         return self.phrases.get(tuple(_tokens(name)))
@@ -313,20 +307,31 @@ class SynonymTable:
         toks, i, out = _tokens(text), 0, []
         while i < len(toks):
             for n in range(min(self.max_len, len(toks) - i), 0, -1):
-                c = self.phrases.get(tuple(toks[i:i+n]))
-                if c is not None: out.append((' '.join(toks[i:i+n]), c)); i += n; break
+                key = tuple(toks[i:i+n])
+                if key in self.rules:
+                    if self.rules[key] is not None: out.append((' '.join(key), self.rules[key]))
+                    i += n; break
+                c = self.phrases.get(key)
+                if c is not None: out.append((' '.join(key), c)); i += n; break
             else: i += 1
         return out
     def __len__(self): return len(self.classes)
     def __repr__(self): return f'SynonymTable({len(self.classes)} classes, {len(self.phrases)} phrases)'
 
 # %% ../nbs/02_metrics.ipynb #24285d40
-COCO_SYNONYMS = {
-    'person': ['man', 'woman', 'boy', 'girl', 'child', 'kid', 'baby', 'lady', 'guy', 'player', 'people', 'skier', 'surfer', 'skateboarder'],
-    'bicycle': ['bike', 'cycle'], 'car': ['taxi', 'sedan', 'suv', 'van'], 'motorcycle': ['motorbike', 'motor bike', 'scooter'],
-    'airplane': ['plane', 'jet', 'aircraft', 'airliner'], 'bus': ['minibus'], 'train': ['locomotive', 'tram', 'subway'],
+_COCO_ANIMALS = ('bird', 'cat', 'dog', 'horse', 'sheep', 'cow', 'elephant', 'bear', 'zebra', 'giraffe', 'animal', 'cub')
+COCO_RULES = ({f'{q} {a}': a for q in ('baby', 'adult') for a in _COCO_ANIMALS}      # 'baby bird' is a bird, not a person
+              | {f'passenger {v}': v for v in ('jet', 'train')}                      # 'passenger jet' is a jet, not a person
+              | {'toilet seat': 'toilet', 'bow tie': 'tie', 'stove top oven': 'oven',
+                 'home plate': None, 'train track': None})                          # a home plate / train track is no COCO object
+
+COCO_SYNONYMS = Vocabulary({
+    'person': ['man', 'woman', 'boy', 'girl', 'child', 'kid', 'baby', 'lady', 'guy', 'player', 'people', 'skier', 'surfer', 'skateboarder',
+               'adult', 'passenger', 'rider'],
+    'bicycle': ['bike', 'cycle'], 'car': ['taxi', 'sedan', 'suv', 'van'], 'motorcycle': ['motorbike', 'motor bike', 'motor cycle', 'scooter'],
+    'airplane': ['plane', 'air plane', 'jet', 'aircraft', 'airliner'], 'bus': ['minibus'], 'train': ['locomotive', 'tram', 'subway'],
     'truck': ['lorry', 'pickup truck'], 'boat': ['ship', 'canoe', 'kayak', 'sailboat', 'yacht'],
-    'traffic light': ['stop light', 'traffic signal'], 'fire hydrant': ['hydrant'], 'stop sign': [], 'parking meter': ['meter'],
+    'traffic light': ['stop light', 'stoplight', 'traffic signal', 'street light', 'streetlight'], 'fire hydrant': ['hydrant'], 'stop sign': [], 'parking meter': ['meter'],
     'bench': [], 'bird': ['pigeon', 'seagull', 'duck', 'parrot'], 'cat': ['kitten', 'kitty'], 'dog': ['puppy', 'pup'],
     'horse': ['pony'], 'sheep': ['lamb'], 'cow': ['cattle', 'calf', 'bull'], 'elephant': [], 'bear': ['grizzly'],
     'zebra': [], 'giraffe': [], 'backpack': ['rucksack', 'back pack'], 'umbrella': ['parasol'], 'handbag': ['purse', 'hand bag'],
@@ -343,7 +348,7 @@ COCO_SYNONYMS = {
     'oven': ['stove'], 'toaster': [], 'sink': [], 'refrigerator': ['fridge'], 'book': ['novel'], 'clock': [],
     'vase': [], 'scissors': [], 'teddy bear': ['teddy'], 'hair drier': ['hair dryer', 'hairdryer', 'blow dryer'],
     'toothbrush': ['tooth brush'],
-}
+}, rules=COCO_RULES)
 
 # %% ../nbs/02_metrics.ipynb #4320be7b
 @dataclass
@@ -399,7 +404,7 @@ class QAScores:
             out |= {p+'acc': self.accuracy[k], p+'n': self.n[k], p+'unparsed': self.unparsed[k]}
         return out
 
-def _is_number(s:str)->bool: return bool(re.fullmatch(r'\d+', s)) or s in NUMBER_WORDS
+def _is_number(s:str)->bool: return word_to_number(s) is not None
 
 def _choice_groups(spec)->list[SynonymTable]:
     "Candidates as a flat list, a synonym mapping, or a list of such groups -> one `SynonymTable` per group."

@@ -12,14 +12,15 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageDraw
 from fastcore.basics import patch
+from .text import split_sentences, plural, plural_forms, NUMBER_WORDS, word_to_number, article, join_words
 
 # %% auto #0
 __all__ = ['CLASSES', 'CONTEXTS', 'HOME', 'COLORS', 'COOCCUR', 'TYPICAL_COLOR', 'SIZES', 'PLURAL', 'NUMBERS', 'ROW_NAMES',
            'COL_NAMES', 'SYNONYMS', 'FACT_KINDS', 'DEFAULT_PARTS', 'HALLUCINATION_KINDS', 'ERROR_OF', 'RELATIONS',
            'FLIP', 'PLACES', 'DESCRIBE_PROMPTS', 'QUESTION_KINDS', 'EDIT_FACTORS', 'DIFF_FACTORS', 'word_to_class',
            'WorldConfig', 'SceneObject', 'Scene', 'ToyWorld', 'sprite', 'texture', 'Fact', 'place_name', 'relation_of',
-           'scene_facts', 'check_fact', 'realise', 'parse_sentence', 'split_sentences', 'sentence_labels', 'describe',
-           'caption', 'Question', 'questions', 'Hallucination', 'scene_diff']
+           'scene_facts', 'check_fact', 'realise', 'parse_sentence', 'sentence_labels', 'describe', 'caption',
+           'Question', 'questions', 'Hallucination', 'scene_diff']
 
 # %% ../nbs/01_toyworld.ipynb #95eba6b1
 CLASSES = ('cup', 'plate', 'fork',      # kitchen
@@ -36,8 +37,8 @@ COLORS = {'red':(215,40,40), 'orange':(245,135,20), 'yellow':(245,215,35), 'gree
 COOCCUR = (('fork','plate'), ('ball','tree'), ('car','house'), ('lamp','book'))  # (trigger, companion)
 TYPICAL_COLOR = {'tree':'green', 'car':'red', 'plate':'white', 'lamp':'yellow'}
 SIZES = ('small', 'large')
-PLURAL = {c: c+'s' for c in CLASSES} | {'fish':'fish'}
-NUMBERS = ('zero','one','two','three','four','five','six','seven','eight','nine')
+PLURAL = {c: plural(c) for c in CLASSES}   # text.plural: 'fish' stays 'fish'
+NUMBERS = NUMBER_WORDS[:10]                # counts in the toy world stay below ten
 ROW_NAMES, COL_NAMES = ('top','middle','bottom'), ('left','center','right')
 SYNONYMS = {'cup':['cup','mug','teacup'], 'plate':['plate','dish'], 'fork':['fork'], 'tree':['tree','pine'],
             'ball':['ball'], 'kite':['kite'], 'car':['car','automobile'], 'house':['house','building'],
@@ -45,13 +46,11 @@ SYNONYMS = {'cup':['cup','mug','teacup'], 'plate':['plate','dish'], 'fork':['for
             'fish':['fish'], 'bottle':['bottle'], 'star':['star'], 'heart':['heart']}
 
 # %% ../nbs/01_toyworld.ipynb #ca5e8257
-def _plural(w): return w if w in ('fish',) else w[:-1]+'ies' if w.endswith('y') and w[-2] not in 'aeiou' else w+'s'
-
 @lru_cache(None)
 def _word_table():
     t = {}
     for c, ws in SYNONYMS.items():
-        for w in ws: t[w] = c; t[_plural(w)] = c
+        for w in ws: t |= {w: c} | {p: c for p in plural_forms(w)}
     return t
 
 def word_to_class(word:str # a noun, singular or plural, any case
@@ -388,26 +387,24 @@ def check_fact(scene:Scene, fact:Fact)->str|None:
     raise ValueError(f"unknown fact kind {fact.kind!r}")
 
 # %% ../nbs/01_toyworld.ipynb #5b9e918c
-def _art(w): return 'an' if w[0] in 'aeiou' else 'a'
-def _join(ws): ws = list(ws); return ws[0] if len(ws) == 1 else ', '.join(ws[:-1]) + ' and ' + ws[-1]
 _SIZE_WORDS = {'large':('large','big'), 'small':('small','tiny')}
 
 def realise(fact:Fact, # the fact to state
             choice:int=0 # template number (taken modulo the number of templates)
            )->str:
     "One sentence stating `fact`."
-    k = fact.subject; pl = PLURAL.get(k, k and k+'s')
+    k = fact.subject; pl = k and plural(k)
     if fact.kind == 'context':
-        c = fact.value; T = [f"This is {_art(c)} {c}.", f"The scene is {_art(c)} {c}.", f"The picture shows {_art(c)} {c}."]
+        c = fact.value; T = [f"This is {article(c)} {c}.", f"The scene is {article(c)} {c}.", f"The picture shows {article(c)} {c}."]
     elif fact.kind == 'count':
         n = fact.value
-        if n == 1: a = (_art(k), 'one')[choice // 3 % 2]; T = [f"There is {a} {k}.", f"I can see {a} {k}.", f"The image contains {a} {k}."]
+        if n == 1: a = (article(k), 'one')[choice // 3 % 2]; T = [f"There is {a} {k}.", f"I can see {a} {k}.", f"The image contains {a} {k}."]
         else: T = [f"There are {NUMBERS[n]} {pl}.", f"I can see {NUMBERS[n]} {pl}.", f"The image contains {NUMBERS[n]} {pl}."]
     elif fact.kind in ('color', 'size'):
         v = list(dict.fromkeys(fact.value if fact.kind == 'color' else [_SIZE_WORDS[x][choice // 3 % 2] for x in fact.value]))
         many = len(fact.value) > 1
-        T = [f"The {pl} are {_join(v)}."] if many else [f"The {k} is {v[0]}.", f"The {k} looks {v[0]}."]
-        if fact.kind == 'color': T += [f"The {pl} are colored {_join(v)}."] if many else [f"The {k} is colored {v[0]}.", f"The color of the {k} is {v[0]}."]
+        T = [f"The {pl} are {join_words(v)}."] if many else [f"The {k} is {v[0]}.", f"The {k} looks {v[0]}."]
+        if fact.kind == 'color': T += [f"The {pl} are colored {join_words(v)}."] if many else [f"The {k} is colored {v[0]}.", f"The color of the {k} is {v[0]}."]
     elif fact.kind == 'position': T = [f"The {k} is in the {fact.value}.", f"The {k} is at the {fact.value}."]
     elif fact.kind == 'relation':
         b, r = fact.other, fact.value
@@ -418,7 +415,7 @@ def realise(fact:Fact, # the fact to state
     else: raise ValueError(f"unknown fact kind {fact.kind!r}")
     return T[choice % len(T)]
 
-_NUM = {w: i for i, w in enumerate(NUMBERS)} | {'a':1, 'an':1, 'no':0, 'single':1, 'both':2}
+_COUNT_WORDS = {'a':1, 'an':1, 'no':0, 'single':1, 'both':2}   # besides the number words of `text`
 _SIZE = {'large':'large', 'big':'large', 'small':'small', 'tiny':'small'}
 
 def parse_sentence(sentence:str # one sentence of toy-world language
@@ -440,15 +437,11 @@ def parse_sentence(sentence:str # one sentence of toy-world language
     if sizes: return Fact('size', k, sizes)
     place = next((p for p in PLACES if re.search(r'\b' + p + r'\b', s)), None)
     if place: return Fact('position', k, place)
-    nums = [_NUM[t] for t in toks[:i] if t in _NUM]
+    nums = [n for t in toks[:i] if (n := _COUNT_WORDS.get(t, word_to_number(t))) is not None]
     return Fact('count', k, nums[-1] if nums else (1 if toks[i] == k or toks[i] in SYNONYMS[k] else None))
 
-def split_sentences(text:str)->list[str]:
-    "Split a description into sentences (on . ! ?)."
-    return [m.strip() for m in re.findall(r'[^.!?]+[.!?]?', text) if m.strip()]
-
 def sentence_labels(scene:Scene, # ground truth
-                    sentences:list[str]|str # sentences, or a text to split
+                    sentences:list[str]|str # sentences, or a text to split with `text.split_sentences`
                    )->list[str]: # per sentence: 'ok', an error label, or 'unparsed'
     "Check each sentence against the ground truth."
     if isinstance(sentences, str): sentences = split_sentences(sentences)
@@ -479,9 +472,9 @@ def caption(scene:Scene, variant:int=0)->str:
     for k in dict.fromkeys(o.name for o in objs):
         mine = [o for o in objs if o.name == k]; cols = {o.color for o in mine}
         col = (mine[0].color + ' ') if len(cols) == 1 else ''
-        ph.append(f"{_art(col or k)} {col}{k}" if len(mine) == 1 else f"{NUMBERS[len(mine)]} {col}{PLURAL[k]}")
-    c = scene.context; objs_txt = _join(ph) if ph else 'nothing'
-    T = [f"{objs_txt} in {_art(c)} {c}.", f"{_art(c)} {c} with {objs_txt}.", f"a picture of {objs_txt} in {_art(c)} {c}."]
+        ph.append(f"{article(col or k)} {col}{k}" if len(mine) == 1 else f"{NUMBERS[len(mine)]} {col}{PLURAL[k]}")
+    c = scene.context; objs_txt = join_words(ph) if ph else 'nothing'
+    T = [f"{objs_txt} in {article(c)} {c}.", f"{article(c)} {c} with {objs_txt}.", f"a picture of {objs_txt} in {article(c)} {c}."]
     t = T[_choices(scene, 1, variant, stream=4)[0] % 3]
     return t[0].upper() + t[1:]
 
@@ -510,8 +503,8 @@ def questions(scene:Scene, # ground truth
     uniq = [o for o in scene.objects if scene.count(o.name) == 1]
     out = []
     if 'existence' in kinds:
-        out += [Question('existence', f"Is there {_art(k)} {k} in the image?", 'yes', k) for k in present]
-        out += [Question('existence', f"Is there {_art(k)} {k} in the image?", 'no', k) for k in absent]
+        out += [Question('existence', f"Is there {article(k)} {k} in the image?", 'yes', k) for k in present]
+        out += [Question('existence', f"Is there {article(k)} {k} in the image?", 'no', k) for k in absent]
     if 'attribute' in kinds:
         for o in uniq:
             out.append(Question('attribute', f"What color is the {o.name}?", o.color, o.name))

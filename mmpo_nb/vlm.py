@@ -17,13 +17,14 @@ from transformers import (PreTrainedTokenizerFast, CLIPImageProcessor, LlavaProc
 from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from peft import LoraConfig, PeftModel, get_peft_model
 from .core import seed_everything, atomic_dir, DataError
+from .text import sentence_spans
 
 # %% auto #0
 __all__ = ['TOY_CHAT_TEMPLATE', 'IMAGE_PLACEHOLDER', 'LM_LINEAR', 'build_toy_tokenizer', 'build_tiny_llava',
-           'init_vision_from_open_clip', 'llava_kwargs_from_open_clip', 'save_vlm', 'load_vlm', 'sentence_spans',
-           'encode_batch', 'batch_to', 'model_inputs', 'response_logps', 'sum_logps', 'mean_logps', 'sentence_logps',
-           'lm_lora_regex', 'add_lora', 'reference_logps', 'save_adapter', 'load_adapter', 'merge_adapter', 'eval_mode',
-           'generate', 'eager_attention', 'image_attention', 'image_attention_ratio']
+           'init_vision_from_open_clip', 'llava_kwargs_from_open_clip', 'save_vlm', 'load_vlm', 'encode_batch',
+           'batch_to', 'model_inputs', 'response_logps', 'sum_logps', 'mean_logps', 'sentence_logps', 'lm_lora_regex',
+           'add_lora', 'reference_logps', 'save_adapter', 'load_adapter', 'merge_adapter', 'eval_mode', 'generate',
+           'eager_attention', 'image_attention', 'image_attention_ratio']
 
 # %% ../nbs/03a_vlm.ipynb #b8d6fdf1
 TOY_CHAT_TEMPLATE = (
@@ -187,13 +188,6 @@ def load_vlm(folder, # a folder written by `save_vlm` / `save_pretrained` (toy L
     processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
     if device is not None: model.to(device)
     return model, processor
-
-# %% ../nbs/03a_vlm.ipynb #cf6749c3
-def sentence_spans(text:str # a response
-                  )->list[tuple[int,int]]:
-    "Character spans `(start, end)` of the sentences of `text` (split after `.`, `!`, `?` followed by space or end)."
-    spans = [(m.start(), m.end()) for m in re.finditer(r'\S.*?(?:[.!?](?=\s|$)|$)', text, flags=re.S)]
-    return [(s, e) for s, e in spans if text[s:e].strip()]
 
 # %% ../nbs/03a_vlm.ipynb #2a5568be
 _EXTRA_KEYS = ('response_mask', 'sentence_ids', 'image_token_counts')

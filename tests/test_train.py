@@ -117,12 +117,12 @@ def _rows():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('family', ['llava15', 'qwen2'])
+@pytest.mark.parametrize('family', ['llava15', 'qwen2', 'qwen25'])
 def test_hf_families(family, tmp_path):
-    "LLaVA-1.5 and Qwen2-VL test configs: dpo and miadpo (multi-image rows) and misp (K differs by row) train a few steps."
+    "LLaVA-1.5, Qwen2-VL and Qwen2.5-VL test configs: dpo and miadpo (multi-image rows) and misp (K differs by row) train a few steps."
     sys.path.insert(0, str(ROOT/'tests'))
     from test_vlm import _llava15, _qwen
-    m, p = _llava15() if family == 'llava15' else _qwen('2')
+    m, p = _llava15() if family == 'llava15' else _qwen('2' if family == 'qwen2' else '2.5')
     model = save_vlm(m, p, tmp_path/'model')
     ds = _rows()
     for method, rows in (('miadpo', ds), ('misp', ds.select([0, 1, 1, 0]))):
@@ -136,10 +136,12 @@ def test_hf_families(family, tmp_path):
 
 
 @pytest.mark.slow
-def test_full_ft_gradient_checkpointing(toy, tmp_path):
-    "Full fine-tuning (frozen reference copy) with gradient checkpointing: the LM changes, the vision tower does not."
+@pytest.mark.parametrize('precompute', [True, False])
+def test_full_ft_gradient_checkpointing(toy, tmp_path, precompute):
+    "Full fine-tuning with gradient checkpointing, reference cached or a frozen copy: the LM changes, the vision tower does not."
     model, data = toy
-    cfg = PreferenceConfig(method='dpo', steps=2, batch_size=2, lr=1e-3, full_ft=True, gradient_checkpointing=True, threads=1, progress=False)
+    cfg = PreferenceConfig(method='dpo', steps=2, batch_size=2, lr=1e-3, full_ft=True, gradient_checkpointing=True, precompute_ref=precompute,
+                           ref_cache=str(tmp_path/'ref.safetensors'), threads=1, progress=False)
     train_preference(cfg, data, model, tmp_path/'run')
     before, after = load_file(Path(model)/'model.safetensors'), load_file(tmp_path/'run'/'final'/'model.safetensors')
     lm = [k for k in before if 'language_model' in k and k.endswith('q_proj.weight')]

@@ -154,7 +154,8 @@ def _step_parts(model_dir, data_dir, batch):
     vlm, proc = load_vlm(model_dir)
     scorer = SequenceScorer(add_lora(vlm, r=LORA['r'], alpha=LORA['alpha']))
     opt = torch.optim.AdamW([p for p in scorer.parameters() if p.requires_grad], lr=LR)
-    rows = [read_dataset(data_dir)[i] for i in range(batch)]
+    ds = read_dataset(data_dir)
+    rows = [ds[i] for i in range(batch)]
     return scorer, opt, proc, rows
 
 

@@ -426,7 +426,7 @@ def _dataset_pairs(emb:_Embedded,      # from `_embed_dataset`
 
 def train_sae_for_dataset(data_dir,                  # dataset folder or table file (toy, RLAIF-V parquet, mDPO JSON)
                           clip_ckpt,                 # CLIP checkpoint (file or folder) for `mmpo_nb.clip.load_clip`
-                          out,                       # run folder for `mmpo_nb.sae.train_sae` (SAE in `out/sae`)
+                          out,                       # run folder for `mmpo_nb.saetrain.train_sae` (SAE in `out/sae`)
                           clip_name:str='mmpo-tiny', # open_clip model name of the checkpoint
                           sae_cfg:SAEConfig|None=None, # SAE architecture; default: TopK, d_sae=128, k=8, d_v=d_t=CLIP width
                           steps:int=2000,            # optimizer steps
@@ -439,7 +439,7 @@ def train_sae_for_dataset(data_dir,                  # dataset folder or table f
                           progress:bool=True,        # tqdm bars
                          ):                          # the run folder `out`
     "Embed a dataset with CLIP, build its rank-one difference factors and train an SAE on them (`mmpo train sae`)."
-    from mmpo_nb.sae import train_sae, rank_one_batches
+    from mmpo_nb.saetrain import train_sae, rank_one_batches
     emb = _embed_dataset(data_dir, clip_ckpt, clip_name, embed_batch_size, device, progress)
     D_v, D_t = emb.gallery.shape[1], emb.txt.shape[1]
     cfg = sae_cfg or SAEConfig(d_v=D_v, d_t=D_t, d_sae=128, kind='topk', k=8)   # TopK: no dependence on the input scale

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Iterator
 import torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
-from .loop import TrainLoopConfig, fit, latest_checkpoint
+from .loop import TrainLoopConfig, fit, latest_checkpoint, param_groups, cosine_schedule
 from .sae import SAE, vec_outer, is_factored, training_forward
 
 # %% auto #0
@@ -125,13 +125,14 @@ def _to(batch, device): return tuple(t.to(device) for t in batch) if is_factored
 
 def train_sae(sae:SAE, batches, # SAE to train in place; `rank_one_batches(...)` (or any callable i -> batch), or an iterator of (a, b) / x batches
               steps:int, # total optimizer steps (counting steps done before a resume)
-              lr:float=1e-3, # peak learning rate (AdamW without decay, linear warm-up then cosine to 0)
+              lr:float=1e-3, # learning rate (AdamW without weight decay)
               out=None, # run folder: config.json, log.jsonl, checkpoint-<step>/ and the final sae/ (None: keep in memory)
               log_every:int=50, # steps between logged metrics
               ckpt_every:int|None=None, # steps between checkpoints (None: only at the end)
               resume:bool=True, # continue from the newest checkpoint in `out`
               progress:bool=True, # show a tqdm progress bar
-              warmup_steps:int|None=None, # linear warm-up (None: 5% of `steps`)
+              schedule:str='constant', # 'constant' (SAELens' default; keeps today's FVU) or 'cosine' (`loop.cosine_schedule`: decay to 0)
+              warmup_steps:int=0, # linear warm-up steps
               threads:int|None=None, # torch CPU threads during training (restored afterwards)
               stop_at:int|None=None, # stop after this step, with a checkpoint in `out`; call again to go on
              )->list: # the log lines of this call: step, lr, losses/*, sae/fvu, sae/l0, sae/dead_pct
@@ -163,10 +164,14 @@ def train_sae(sae:SAE, batches, # SAE to train in place; `rank_one_batches(...)`
 
     # The gradient along each (unit) decoder row is projected out during backward.
     hook = sae.W_dec.register_hook(lambda g: g - (g*sae.W_dec.detach()).sum(1, keepdim=True)*sae.W_dec.detach())
-    lc = TrainLoopConfig(steps=steps, lr=lr, warmup_steps=max(0, round(0.05*steps)) if warmup_steps is None else warmup_steps,
+    if schedule not in ('constant', 'cosine'): raise ValueError(f"schedule must be 'constant' or 'cosine', got {schedule!r}")
+    lc = TrainLoopConfig(steps=steps, lr=lr, warmup_steps=warmup_steps,
                          grad_clip=None, mixed_precision='no', threads=threads, seed=cfg.seed, log_every=log_every,
                          save_every=ckpt_every or 0, progress=progress, desc=f"sae[{cfg.kind}]")
-    try: res = fit(step, model, get, lc, out=out, resume=resume, stop_at=stop_at, epoch_len=len(batches) if hasattr(batches, '__len__') else None)
+    opt = torch.optim.AdamW(param_groups(model), lr=lr)
+    sch = (cosine_schedule(opt, steps, warmup_steps) if schedule == 'cosine' else
+           torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1)/(warmup_steps + 1))))
+    try: res = fit(step, model, get, lc, out=out, optimizer=opt, scheduler=sch, resume=resume, stop_at=stop_at, epoch_len=len(batches) if hasattr(batches, '__len__') else None)
     finally: hook.remove()
     with torch.no_grad(): sae.set_decoder_norm_to_unit_norm()
     fold_input_scale(sae, scale)                                  # the returned SAE acts on raw inputs

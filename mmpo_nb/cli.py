@@ -358,7 +358,7 @@ def _preference_cmd(method:str):
             res = train_preference(cfg, data, model, out)
         except (ValueError, FileNotFoundError) as e: _fail(e)
         except FloatingPointError as e:
-            typer.echo(f"error: {e}", err=True); raise typer.Exit(1)
+            typer.echo(f"error: {e}", err=True); raise typer.Exit(1) from e
         _echo_json(res)
     cmd.__name__ = f'train_{method}_cmd'
     cmd.__doc__ = PREFERENCE_METHODS[method] + " Train with a progress bar, log.jsonl and resumable checkpoints; print the final metrics."

@@ -61,7 +61,7 @@ def seva_pairs(model, processor, # the SFT model and its processor
             if c[0].strip() != r[0].strip() and c[0].strip() and r[0].strip()]
     return rows, len(prompts) - len(rows)
 
-# %% ../nbs/06c_aspo.ipynb #349d7c85
+# %% ../nbs/06c_aspo.ipynb #d0111d71
 @torch.no_grad()
 def sentence_scores(model, processor, clip, # the VLM, its processor and a `clip.Clip`
                     images:Sequence[Image.Image], prompts:Sequence[str], answers:Sequence[str], # one each per row
@@ -95,7 +95,7 @@ def fuse_weights(sims:Sequence[Sequence[float]], ppls:Sequence[Sequence[float]],
     w = aspo_weights(pad(sims, 0.), pad(ppls, 1.), mask, alpha=alpha)
     return [w[i, :len(x)].tolist() for i, x in enumerate(sims)]
 
-# %% ../nbs/06c_aspo.ipynb #bebc0309
+# %% ../nbs/06c_aspo.ipynb #0f7449a2
 @dataclass
 class ASPOConfig:
     "Settings of the ASPO data pipeline."
@@ -141,7 +141,7 @@ def aspo_dataset(ds:datasets.Dataset, # rows with `images` and `prompt` (and `ch
             cols['chosen_labels'].append(label_answer(sc, r['chosen'])[1]); cols['rejected_labels'].append(label_answer(sc, r['rejected'])[1])
     return datasets.Dataset.from_dict(cols), {'method': 'aspo', 'aspo': asdict(cfg), 'rows_in': len(ds), 'identical_dropped': dropped}
 
-# %% ../nbs/06c_aspo.ipynb #7afef8bf
+# %% ../nbs/06c_aspo.ipynb #13627a1b
 def auroc(scores:Sequence[float], positive:Sequence[bool])->float:
     "Area under the ROC curve: P(score of a random positive > score of a random negative), ties count half."
     s, y = np.asarray(scores, dtype=float), np.asarray(positive, dtype=bool)
@@ -168,4 +168,12 @@ def weight_report(model, processor, clip, # the models the weights come from
            'auroc/similarity': auroc([sims[i][j] for i, j in keep], pos),
            'auroc/neg_perplexity': auroc([-ppls[i][j] for i, j in keep], pos)}
     for a in alphas: out[f'auroc/fused_alpha{a:g}'] = auroc([fused[a][i][j] for i, j in keep], pos)
+    # within one answer (what ASPO's weights act on: they only share credit among one response's sentences)
+    by = {}
+    for (i, j), p in zip(keep, pos): by.setdefault(i, []).append((j, p))
+    mixed = {i: v for i, v in by.items() if 0 < sum(p for _, p in v) < len(v)}
+    out['within/answers'] = len(mixed)
+    scores = {'similarity': sims, 'neg_perplexity': [[-x for x in r] for r in ppls]} | {f'fused_alpha{a:g}': fused[a] for a in alphas}
+    for name, sc in scores.items():
+        out[f'within/auroc/{name}'] = float(np.mean([auroc([sc[i][j] for j, _ in v], [p for _, p in v]) for i, v in mixed.items()])) if mixed else float('nan')
     return out

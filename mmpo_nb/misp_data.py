@@ -32,7 +32,7 @@ def text_negatives(world:ToyWorld, # the scene's world (for the planted variants
     out, seen = [], set(exclude)
     for t in own_samples:
         _, l = label_answer(scene, t)
-        if t in seen or not is_hallucinated(l) or l.count('unparsed') * 2 > len(l): continue
+        if t in seen or not is_hallucinated(l) or 'unparsed' in l: continue
         out.append((t, l, 'own')); seen.add(t)
         if len(out) >= k: return out
     kinds = [k_ for k_ in HALLUCINATION_KINDS if k_ in world.possible_kinds(scene)]
@@ -69,8 +69,8 @@ class MISPDataConfig:
     "Settings of the MISP text-negative pipeline."
     k_text:int = 3             # text negatives per row
     n_samples:int = 4          # own descriptions sampled per row (0: toy variants only)
-    temperature:float = 1.0    # sampling temperature of the own descriptions
-    max_new_tokens:int = 64
+    temperature:float = 0.7    # sampling temperature of the own descriptions
+    max_new_tokens:int = 96
     batch_size:int = 32
     seed:int = 0
 

@@ -221,13 +221,14 @@ def data_miadpo(data:Path=typer.Option(..., '--in', help="Input dataset folder o
                 layer:Optional[int]=typer.Option(None, help="LM layer whose attention is read (default: the middle one)."),
                 thresholds:Optional[str]=typer.Option(None, help="JSON {images: min target share}; default the seed's table."),
                 ppl_quantile:float=typer.Option(0.95, help="Drop rejected answers above this perplexity quantile (1 keeps all)."),
+                max_new_tokens:int=typer.Option(64, help="Answer length in tokens."),
                 seed:int=typer.Option(0, help="Seed of the augmentations."),
                 overwrite:bool=typer.Option(False, help="Replace an existing folder.")):
     "Build an MIA-DPO dataset (multi-image augmentation + attention-aware selection), with a progress bar."
     import json
     from mmpo_nb.miadpo import MIADPOConfig, miadpo_dataset
     try:
-        cfg = MIADPOConfig(kinds=tuple(k.strip() for k in kinds.split(',') if k.strip()), layer=layer, seed=seed, ppl_quantile=ppl_quantile,
+        cfg = MIADPOConfig(kinds=tuple(k.strip() for k in kinds.split(',') if k.strip()), layer=layer, seed=seed, ppl_quantile=ppl_quantile, max_new_tokens=max_new_tokens,
                            **({'thresholds': json.loads(thresholds)} if thresholds else {}))
         p = miadpo_dataset(data, model, out, cfg, n=n, overwrite=overwrite)
     except (ValueError, FileExistsError, FileNotFoundError) as e: _fail(e)

@@ -246,7 +246,8 @@ class TrainLoopConfig:
 # %% ../nbs/00b_loop.ipynb #ad8f4f6c
 def make_accelerator(cfg:TrainLoopConfig)->Accelerator:
     "An `Accelerator` for `cfg` (precision, CPU) that steps the schedule once per optimizer step on any number of processes."
-    return prepare_checkpointing(Accelerator(mixed_precision=cfg.precision(), cpu=cfg.cpu, step_scheduler_with_optimizer=False))
+    return prepare_checkpointing(Accelerator(mixed_precision=cfg.precision(), cpu=cfg.cpu or not torch.cuda.is_available(),
+                                               step_scheduler_with_optimizer=False))
 
 @dataclass
 class FitResult:
@@ -301,6 +302,7 @@ def fit(step_fn:Callable, # (model, batch) -> loss tensor, or (loss, {name: floa
         opt = optimizer or torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
         sch = scheduler or cosine_schedule(opt, cfg.steps, cfg.warmup_steps)
         model, opt, sch = acc.prepare(model, opt, sch)
+        params = [p for p in model.parameters() if p.requires_grad]   # again: FSDP replaces the parameters in `prepare`
         step, elapsed, resumed = 0, 0.0, None
         ck = latest_checkpoint(out) if out is not None and resume else None
         if ck is not None:

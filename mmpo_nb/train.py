@@ -228,7 +228,9 @@ def build_step(rows:Sequence[dict], # dataset rows (dicts with the method's colu
 def encode_step(processor, sb:StepBatch)->dict:
     "One padded batch of all sequences of `sb`, plus `uniq` (first occurrence of each distinct image) and `occ` (image of each occurrence)."
     ims = [[sb.images[j] for j in s] for s in sb.seq_images]
-    enc = encode_batch(processor, ims, sb.prompts, sb.responses, spans=[sentence_spans(r) or [(0, len(r))] for r in sb.responses])
+    # sentence spans only where a loss reads them (ASPO): the splitter costs ~1 ms a text
+    spans = [(sentence_spans(r) if sb.sent_weights is not None else []) or [(0, len(r))] for r in sb.responses]
+    enc = encode_batch(processor, ims, sb.prompts, sb.responses, spans=spans)
     occ = [j for s in sb.seq_images for j in s]
     first = {}
     for pos, j in enumerate(occ): first.setdefault(j, pos)

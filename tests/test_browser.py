@@ -42,12 +42,15 @@ def lab(tmp_path_factory):
     root = tmp_path_factory.mktemp('lab')
     shutil.copy(ROOT/'nbs'/'08a_widgets.ipynb', root/'widgets.ipynb')
     port, token = _free_port(), 'mmpo-browser-test'
-    env = {**os.environ, 'PYTHONPATH': str(ROOT) + os.pathsep + os.environ.get('PYTHONPATH', ''), 'MMPO_DEMO_RUN': '',
+    settings = root/'.lab-settings'/'@jupyterlab'/'notebook-extension'
+    settings.mkdir(parents=True)
+    (settings/'tracker.jupyterlab-settings').write_text(json.dumps({'windowingMode': 'none'}))   # every cell in the DOM, not only the visible ones
+    env = {**os.environ, 'JUPYTERLAB_SETTINGS_DIR': str(root/'.lab-settings'), 'PYTHONPATH': str(ROOT) + os.pathsep + os.environ.get('PYTHONPATH', ''), 'MMPO_DEMO_RUN': '',
            'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1', 'JUPYTER_CONFIG_DIR': str(root/'.jupyter')}
     log = open(root/'lab.log', 'w')
     proc = subprocess.Popen([sys.executable, '-m', 'jupyterlab', '--no-browser', f'--port={port}', '--ip=127.0.0.1', '--allow-root',
                              f'--IdentityProvider.token={token}', f'--ServerApp.root_dir={root}', '--ServerApp.open_browser=False',
-                             '--LabApp.news_url=', '--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate'],
+                             '--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate'],
                             cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f'http://127.0.0.1:{port}'
     for _ in range(240):
@@ -70,6 +73,7 @@ def _idle_after_run_all(page, timeout_s=900):
         prompts = page.locator('.jp-CodeCell .jp-InputPrompt').all_inner_texts()
         if prompts and not any('*' in p for p in prompts) and re.search(r'\[\d+\]', prompts[-1]): return
         page.wait_for_timeout(1000)
+    page.screenshot(path=str(page.context.artifacts/'jupyterlab-timeout.png')) if hasattr(page.context, 'artifacts') else None
     raise TimeoutError(f'cells still running after {timeout_s} s: {prompts}')
 
 

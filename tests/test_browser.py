@@ -66,14 +66,15 @@ def lab(tmp_path_factory):
     except subprocess.TimeoutExpired: proc.kill()
 
 
-def _idle_after_run_all(page, timeout_s=900):
-    "Wait until no cell shows `[*]` and the last code cell has an execution count."
-    t0 = time.time()
+def _idle_after_run_all(page, shots:Path, timeout_s=900):
+    "Wait until no cell shows `[*]` and the last code cell has an execution count (a progress screenshot each minute)."
+    t0, prompts = time.time(), []
     while time.time() - t0 < timeout_s:
         prompts = page.locator('.jp-CodeCell .jp-InputPrompt').all_inner_texts()
         if prompts and not any('*' in p for p in prompts) and re.search(r'\[\d+\]', prompts[-1]): return
+        if int(time.time() - t0) % 60 < 2: page.screenshot(path=str(shots/'jupyterlab-progress.png'))
         page.wait_for_timeout(1000)
-    page.screenshot(path=str(page.context.artifacts/'jupyterlab-timeout.png')) if hasattr(page.context, 'artifacts') else None
+    page.screenshot(path=str(shots/'jupyterlab-timeout.png'))
     raise TimeoutError(f'cells still running after {timeout_s} s: {prompts}')
 
 
@@ -81,10 +82,15 @@ def test_widget_tutorial_runs_and_reacts_in_jupyterlab(chromium, lab, artifacts)
     page = chromium.new_page(viewport={'width': 1400, 'height': 1000})
     page.goto(f"{lab['url']}/lab/tree/widgets.ipynb?token={lab['token']}")
     page.locator('.jp-Notebook').first.wait_for(timeout=120_000)
-    page.locator('.jp-Notebook-ExecutionIndicator[data-status="idle"]').first.wait_for(timeout=180_000)
+    page.get_by_text(re.compile(r'ipykernel\)? \| Idle')).first.wait_for(timeout=180_000)     # the kernel is up
+    page.wait_for_timeout(2000)
+    if page.locator('.jp-Dialog').count():                                                    # e.g. a kernel chooser
+        page.locator('.jp-Dialog .jp-mod-accept').first.click()
     page.get_by_role('menuitem', name='Run', exact=True).click()
     page.get_by_role('menuitem', name='Run All Cells', exact=True).click()
-    _idle_after_run_all(page)
+    page.wait_for_timeout(3000)
+    page.screenshot(path=str(artifacts/'jupyterlab-run-all.png'))
+    _idle_after_run_all(page, artifacts)
     errors = page.locator('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]').all_inner_texts()
     assert not any('Traceback' in e or 'Error' in e for e in errors), errors
     header = page.locator('.widget-html-content', has_text='fires on').first

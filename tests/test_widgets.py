@@ -72,7 +72,7 @@ def test_export_writes_the_current_latent_as_png(browser):
 
 def test_store_without_images(toy):
     from mmpo_nb.widgets import LatentBrowser
-    lb = LatentBrowser(toy['sae'], replace(toy['store'], refs=None), top=3)
+    lb = LatentBrowser(toy['sae'], replace(toy['store'], refs=None), top=3, export_dir=toy['dir']/'export-noimg')
     assert 'no images' in lb.no_images.value and lb.error is None
     lb.latent.value = lb.summ.order[1]
     assert lb.current == lb.summ.order[1] and '<svg' in lb.stats.value

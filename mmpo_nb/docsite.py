@@ -14,8 +14,8 @@ from nbdev.process import NBProcessor
 from nbdev.processors import _def_names
 
 # %% auto #0
-__all__ = ['README_HEADER', 'nb_headings', 'nb_title', 'readme_from_index', 'execute_nb', 'render_page', 'page_name',
-           'build_docs']
+__all__ = ['README_HEADER', 'nb_headings', 'nb_title', 'readme_from_index', 'execute_nb', 'tex_to_mathml', 'page_toc', 'sidebar',
+           'render_page', 'page_name', 'build_docs']
 
 # %% ../nbs/09_docsite.ipynb #18e75ca2
 _re_heading = re.compile(r'^(#{1,6})\s+(.+?)\s*$', re.MULTILINE)
@@ -83,12 +83,68 @@ def execute_nb(path, # notebook to run
     nb.cells = cells
     return nb
 
-# %% ../nbs/09_docsite.ipynb #5199b9ae
-_NAV = ('<nav style="padding:.6em 1em;border-bottom:1px solid #ddd;font-family:sans-serif">'
-        '<a href="index.html">mmpo-nb</a> &middot; <a href="contents.html">all pages</a></nav>')
+# %% ../nbs/09_docsite.ipynb #09910999
+_re_code = re.compile(r'(```.*?```|~~~.*?~~~|`[^`\n]*`)', re.S)
+_re_math = re.compile(r'(?<!\\)\$\$(.+?)\$\$|(?<![\\$\w])\$(?!\s)((?:(?!\n\s*\n)[^$])+?)(?<![\s\\])\$(?![\w$])', re.S)
 
-def _clean_for_docs(nb)->dict:
-    "A plain notebook dict ready for nbconvert: hidden cells removed, directives stripped, show_doc sources hidden."
+def tex_to_mathml(md:str, # markdown text
+                  failed:list|None=None, # formulas that could not be converted are appended here
+                 )->str: # the markdown with its math replaced by <math> elements
+    "Replace `$...$` (inline) and `$$...$$` (display) math outside code by MathML, at build time."
+    from latex2mathml.converter import convert
+    def conv(m):
+        tex, block = (m.group(1), True) if m.group(1) is not None else (m.group(2), False)
+        try: return convert(' '.join(tex.split()), display='block' if block else 'inline')
+        except Exception:
+            if failed is not None: failed.append(tex)
+            return m.group(0)
+    parts = _re_code.split(md)
+    return ''.join(p if i % 2 else _re_math.sub(conv, p) for i, p in enumerate(parts))
+
+# %% ../nbs/09_docsite.ipynb #d8b97e59
+_CSS = """<style>
+body{margin:0} .mm-layout{display:flex;align-items:flex-start}
+.mm-sidebar{position:sticky;top:0;height:100vh;overflow-y:auto;flex:0 0 16em;padding:1em .8em;box-sizing:border-box;
+  border-right:1px solid #ddd;background:#fafafa;font:14px/1.4 system-ui,sans-serif}
+.mm-sidebar ol{padding-left:1.4em;margin:.3em 0} .mm-sidebar li{margin:.15em 0} .mm-sidebar a{color:#1a5fb4;text-decoration:none}
+.mm-sidebar li.mm-current>a{font-weight:700;color:#000} .mm-sidebar ul.mm-toc{padding-left:1em;margin:.2em 0 .4em;font-size:13px;list-style:none}
+.mm-sidebar ul.mm-toc li.mm-h3{padding-left:.8em}
+.mm-main{flex:1 1 auto;min-width:0;padding:0 1.5em}
+.jp-RenderedMarkdown pre,.jp-RenderedHTMLCommon pre{background:#f6f8fa;border:1px solid #d0d7de;border-radius:6px;padding:.7em 1em;overflow-x:auto}
+.jp-RenderedMarkdown pre code,.jp-RenderedHTMLCommon pre code{background:none;font:13px/1.45 ui-monospace,SFMono-Regular,Menlo,monospace}
+.jp-RenderedHTMLCommon :not(pre)>code{background:#eff1f3;border-radius:4px;padding:.1em .3em;font-size:90%}
+math[display=block]{margin:.6em 0}
+</style>"""
+
+_re_h = re.compile(r'<h([23])[^>]*\bid="([^"]+)"[^>]*>(.*?)</h\1>', re.S)
+
+def page_toc(body:str # rendered page HTML
+            )->list[tuple[int, str, str]]: # (level, anchor id, text) of every h2/h3
+    "The section headings of a rendered page with their anchors."
+    out = []
+    for lvl, hid, inner in _re_h.findall(body):
+        text = html.unescape(re.sub(r'<[^>]+>', '', re.sub(r'<a class="anchor-link".*?</a>', '', inner, flags=re.S))).replace('¶', '').strip()
+        out.append((int(lvl), hid, text))
+    return out
+
+def sidebar(course:list, # (page file, title) of every page, in reading order
+            current:str, # this page's file name
+            toc:list)->str: # this page's `page_toc`
+    "HTML of the sidebar: the course in order, with the current page's sections under it."
+    items = []
+    for f, t in course:
+        sub = ''
+        if f == current and toc:
+            sub = '<ul class="mm-toc">' + ''.join(f'<li class="mm-h{l}"><a href="#{html.escape(h)}">{html.escape(x)}</a></li>' for l, h, x in toc) + '</ul>'
+        items.append(f'<li class="{"mm-current" if f == current else ""}"><a href="{f}">{html.escape(t or f)}</a>{sub}</li>')
+    return ('<aside class="mm-sidebar"><a href="index.html"><b>mmpo-nb</b></a> &middot; <a href="contents.html">contents</a>'
+            f'<ol>{"".join(items)}</ol></aside>')
+
+# %% ../nbs/09_docsite.ipynb #47557e37
+_WIDGET_MIME = 'application/vnd.jupyter.widget-view+json'
+
+def _clean_for_docs(nb, failed:list|None=None)->dict:
+    "A plain notebook dict ready for nbconvert: hidden cells removed, directives stripped, show_doc sources hidden, math as MathML."
     keep = []
     for c in nb.cells:
         if c.cell_type == 'code':
@@ -96,10 +152,20 @@ def _clean_for_docs(nb)->dict:
             if 'hide' in d or 'include:' in d and d['include:'] == ['false']: continue
             src = _strip_directives(c.source)
             if not src.strip() and not c.get('outputs'): continue
-            c = dict(c, source=src, execution_count=None, metadata={})
+            outs = []
+            for o in c.get('outputs', []):
+                o = dict(o)
+                if 'data' in o:
+                    data = dict(o['data'])
+                    if _WIDGET_MIME in data and ('text/html' in data or 'image/png' in data): data.pop(_WIDGET_MIME)  # no widget state offline: show the snapshot
+                    if 'text/markdown' in data:
+                        md = data['text/markdown']; data['text/markdown'] = tex_to_mathml(''.join(md) if isinstance(md, list) else md, failed)
+                    o['data'] = data
+                outs.append(o)
+            c = dict(c, source=src, execution_count=None, metadata={}, outputs=outs)
             if src.startswith('show_doc('): c['metadata'] = {'tags': ['remove-input']}
             keep.append(c)
-        else: keep.append(dict(c, metadata={}))
+        else: keep.append(dict(c, metadata={}, source=tex_to_mathml(c.source, failed) if c.cell_type == 'markdown' else c.source))
     title = next((i for i,c in enumerate(keep) if c['cell_type'] == 'markdown' and re.search(r'^#\s', c['source'], re.M)), 0)
     keep.insert(0, keep.pop(title))  # the title and summary open the page, before the imports cell
     d = nb2dict(nb); d['cells'] = [{k:v for k,v in c.items() if not k.endswith('_')} for c in keep]
@@ -109,29 +175,37 @@ def _clean_for_docs(nb)->dict:
     return d
 
 def render_page(nb, # an executed notebook (from `execute_nb`)
-                dest): # the .html file to write
-    "Render `nb` to a self-contained HTML page at `dest`."
+                dest, # the .html file to write
+                course:list|None=None): # (page file, title) of every page in reading order, for the sidebar
+    "Render `nb` to a self-contained HTML page at `dest`: MathML math, no CDN scripts, sidebar and styles."
     import nbformat
     from nbconvert import HTMLExporter
-    nbn = nbformat.reads(json.dumps(_clean_for_docs(nb)), as_version=4)  # joins multi-line outputs
+    failed = []
+    nbn = nbformat.reads(json.dumps(_clean_for_docs(nb, failed)), as_version=4)  # joins multi-line outputs
     from traitlets.config import Config
     cfg = Config({'TagRemovePreprocessor': {'enabled': True, 'remove_input_tags': {'remove-input'}}})
     exp = HTMLExporter(config=cfg, template_name='lab', embed_images=True, exclude_input_prompt=True, exclude_output_prompt=True)
     body, _ = exp.from_notebook_node(nbn)
+    body = re.sub(r'<script[^>]*src="https?://[^"]*"[^>]*>\s*</script>', '', body)           # MathJax, require.js: nothing from a CDN
+    body = re.sub(r'<script type="text/x-mathjax-config">.*?</script>', '', body, flags=re.S)
+    body = re.sub(r'<script type="module">(?:(?!</script>).)*mermaid(?:(?!</script>).)*</script>', '', body, flags=re.S)  # no mermaid here
     title, _ = nb_title(nb)
-    body = body.replace('<body', f'<body data-title="{html.escape(title)}"', 1)
-    body = re.sub(r'(<body[^>]*>)', r'\1' + _NAV, body, count=1)
+    body = body.replace('<body', f'<body data-title="{html.escape(title)}"', 1).replace('</head>', _CSS + '</head>', 1)
+    side = sidebar(course or [(Path(dest).name, title)], Path(dest).name, page_toc(body))
+    body = re.sub(r'(<body[^>]*>)', lambda m: m.group(1) + f'<div class="mm-layout">{side}<div class="mm-main">', body, count=1)
+    body = body.replace('</body>', '</div></div></body>', 1)
+    if failed: print(f"{Path(dest).name}: {len(failed)} formula(s) left as LaTeX: {failed[:3]}")
     Path(dest).write_text(body, encoding='utf-8')
     return Path(dest)
 
-# %% ../nbs/09_docsite.ipynb #df527e36
+# %% ../nbs/09_docsite.ipynb #fa8e4e2c
 def page_name(nb_path)->str:
     "The HTML file name nbdev gives a notebook: numeric prefix dropped, `index` kept."
     return re.sub(r'^\d+[a-zA-Z0-9]*_', '', Path(nb_path).stem.lower()) + '.html'
 
-def _build_one(nb_path, out=None, skip_flags=('gpu', 'long'), execute=True):
+def _build_one(nb_path, out=None, skip_flags=('gpu', 'long'), execute=True, course=None):
     nb = execute_nb(nb_path, skip_flags) if execute else NBProcessor(Path(nb_path), rm_directives=False, process=True).nb
-    render_page(nb, Path(out)/page_name(nb_path))
+    render_page(nb, Path(out)/page_name(nb_path), course)
     return page_name(nb_path), *nb_title(nb)
 
 def build_docs(nbs_path='nbs', # folder of notebooks
@@ -147,13 +221,14 @@ def build_docs(nbs_path='nbs', # folder of notebooks
     tmp = Path(tempfile.mkdtemp(prefix='.docs.', dir=out.parent if out.parent.exists() else None))
     try:
         n = n_workers if n_workers is not None else min(os.cpu_count() or 1, 8)
-        res = parallel(_build_one, [p.absolute() for p in nbs], out=tmp, skip_flags=skip_flags, execute=execute,
+        course = [(page_name(p), nb_title(read_nb(p))[0]) for p in nbs]      # reading order = notebook order
+        res = parallel(_build_one, [p.absolute() for p in nbs], out=tmp, skip_flags=skip_flags, execute=execute, course=course,
                        n_workers=n if len(nbs) > 1 else 0, progress=False)
         items = ''.join(f'<li><a href="{f}">{html.escape(t or f)}</a> &mdash; {html.escape(s)}</li>' for f,t,s in res)
-        (tmp/'contents.html').write_text(f'<!doctype html><html><head><meta charset="utf-8"><title>mmpo-nb docs</title></head>'
-                                      f'<body style="font-family:sans-serif;max-width:50em;margin:2em auto">'
-                                      f'<h1>mmpo-nb documentation</h1><p>Rendered from the executed notebooks in <code>nbs/</code>.</p>'
-                                      f'<ul>{items}</ul></body></html>', encoding='utf-8')
+        (tmp/'contents.html').write_text(f'<!doctype html><html><head><meta charset="utf-8"><title>mmpo-nb docs</title>{_CSS}</head>'
+                                      f'<body><div class="mm-layout">{sidebar(course, "contents.html", [])}<div class="mm-main">'
+                                      f'<h1>mmpo-nb documentation</h1><p>Rendered from the executed notebooks in <code>nbs/</code>, in reading order.</p>'
+                                      f'<ol>{items}</ol></div></div></body></html>', encoding='utf-8')
         if not (tmp/'index.html').exists(): shutil.copy(tmp/'contents.html', tmp/'index.html')
         if out.exists(): shutil.rmtree(out)
         shutil.move(str(tmp), out)

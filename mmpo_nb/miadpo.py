@@ -23,11 +23,10 @@ from .vlm import (encode_batch, batch_to, model_inputs, generate, response_logps
 
 # %% auto #0
 __all__ = ['GRID_LAYOUTS', 'PAD_COLOR', 'SEED_THRESHOLDS', 'READ_SETTINGS', 'point_at', 'Augmented', 'sequence_augment',
-           'cell_name', 'grid_collage', 'pic_in_pic', 'show_augmented', 'region_weights', 'image_token_attention',
-           'target_share', 'threshold_for', 'answer_is_wrong', 'toy_samples', 'MIADPOConfig', 'augment',
-           'miadpo_records', 'select_pairs', 'precision_recall', 'rule_quality', 'plot_rule_quality', 'readability',
-           'MultiImageSFTConfig', 'multi_image_samples', 'multi_image_sft', 'load_samples', 'pair_rows', 'write_miadpo',
-           'miadpo_dataset']
+           'cell_name', 'grid_collage', 'pic_in_pic', 'region_weights', 'image_token_attention', 'target_share',
+           'threshold_for', 'answer_is_wrong', 'toy_samples', 'MIADPOConfig', 'augment', 'miadpo_records',
+           'select_pairs', 'precision_recall', 'rule_quality', 'readability', 'MultiImageSFTConfig',
+           'multi_image_samples', 'multi_image_sft', 'load_samples', 'pair_rows', 'write_miadpo', 'miadpo_dataset']
 
 # %% ../nbs/06b_miadpo.ipynb #91b82dc7
 _IMAGE_WORDS = re.compile(r"\b(?:the|this) (?:image|picture|scene)\b", re.I)
@@ -116,31 +115,6 @@ def pic_in_pic(image:Image.Image, prompt:str, # the target sample
     canvas = distractor.convert('RGB').resize((S, S), Image.BICUBIC)
     canvas.paste(image.convert('RGB').resize((s, s), Image.BICUBIC), (o, o))
     return Augmented([canvas], point_at(prompt, "the small picture in the center"), 'pip', 0, 2, (o / S, o / S, (o + s) / S, (o + s) / S))
-
-# %% ../nbs/06b_miadpo.ipynb #01448aad
-def show_augmented(augs:Sequence[Augmented], # to draw, one column each
-                   attention:Sequence|None=None, # optional per augmentation: list of (h, w) maps, one per image, overlaid
-                   width:float=3.0):
-    "Draw augmented samples with their prompts (and attention maps, if given)."
-    import matplotlib.pyplot as plt
-    cols = sum(len(a.images) for a in augs)
-    fig, axs = plt.subplots(1, cols, figsize=(width * cols, width + 0.6), squeeze=False)
-    k = 0
-    for i, a in enumerate(augs):
-        for j, im in enumerate(a.images):
-            ax = axs[0, k]; k += 1
-            ax.imshow(im); ax.set_xticks([]); ax.set_yticks([])
-            if attention is not None:
-                m = attention[i][j].float().cpu().numpy()
-                ax.imshow(m, extent=(0, im.width, im.height, 0), alpha=0.45, cmap='magma', vmin=0, vmax=max(float(m.max()), 1e-9))
-            if a.target_box is not None:
-                x0, y0, x1, y1 = a.target_box
-                ax.add_patch(plt.Rectangle((x0 * im.width, y0 * im.height), (x1 - x0) * im.width, (y1 - y0) * im.height, fill=False, ec='lime', lw=2))
-            elif j == a.target_index:
-                for s in ax.spines.values(): s.set_edgecolor('lime'); s.set_linewidth(3)
-            if j == 0: ax.set_title('\n'.join(re.findall(r'.{1,42}(?:\s|$)', a.prompt.replace('<image>', '▣'))), fontsize=8, loc='left')
-    fig.tight_layout()
-    return fig
 
 # %% ../nbs/06b_miadpo.ipynb #6cce4cca
 def region_weights(box:tuple, # (x0, y0, x1, y1) in fractions of the image
@@ -365,18 +339,6 @@ def rule_quality(records:Sequence[dict], # from `miadpo_records` (records whose 
             for s in scales: rows.append(dict(group=g, layer=l, scale=s, **precision_recall(sh < s * thr, wrong), auroc=auc))
     return pd.DataFrame(rows)
 
-def plot_rule_quality(table:'pd.DataFrame', group:str='all'):
-    "Precision and recall against the threshold scale, one line per layer (dotted: the base rate)."
-    import matplotlib.pyplot as plt
-    t = table[table.group == group]
-    fig, axs = plt.subplots(1, 2, figsize=(8, 3), sharex=True)
-    for l, d in t.groupby('layer'):
-        axs[0].plot(d.scale, d.precision, marker='o', label=f'layer {l} (AUROC {d.auroc.iloc[0]:.2f})')
-        axs[1].plot(d.scale, d.recall, marker='o', label=f'layer {l}')
-    axs[0].axhline(t.base_rate.iloc[0], ls=':', c='k', label='base rate')
-    for ax, n in zip(axs, ('precision', 'recall')): ax.set_xlabel('threshold scale (1 = seed table)'); ax.set_title(n); ax.set_ylim(0, 1.02)
-    axs[0].legend(fontsize=7); fig.tight_layout()
-    return fig
 
 # %% ../nbs/06b_miadpo.ipynb #5dcfdbe8
 READ_SETTINGS = ('single', 'sequence 2', 'sequence 3', 'sequence 5', 'grid 2', 'grid 2x2', 'pip')

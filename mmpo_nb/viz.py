@@ -7,7 +7,8 @@ Docs: https://mmpo-nb.github.io/mmpo-nb/viz.html.md"""
 
 # %% ../nbs/08_viz.ipynb #46de7175
 from __future__ import annotations
-import io, json, math, time
+import io, json, math, re, time
+from typing import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
@@ -27,7 +28,8 @@ __all__ = ['PANELS', 'figure_png', 'image_png', 'plot_feature_density', 'plot_hi
            'plot_latent_hist', 'plot_latent_auroc', 'plot_top_pairs', 'plot_latent', 'latent_stats_svg',
            'NegativeMapData', 'negative_map_data', 'embed_2d', 'EmbeddingCache', 'plot_negative_map', 'sentence_stats',
            'sentence_weight_table', 'plot_sentence_weights', 'read_run_log', 'panel_columns', 'plot_training',
-           'image_logps', 'preference_distribution', 'plot_preference_distribution']
+           'image_logps', 'preference_distribution', 'plot_preference_distribution', 'show_augmented',
+           'plot_rule_quality']
 
 # %% ../nbs/08_viz.ipynb #ca5c7f63
 def figure_png(fig:Figure, dpi:int=80, close:bool=True)->bytes:
@@ -543,3 +545,42 @@ def plot_preference_distribution(neg_images:list, # K PIL images
     if title: fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+# %% ../nbs/08_viz.ipynb #bc1e75e7
+def show_augmented(augs:Sequence[Augmented], # to draw, one column each
+                   attention:Sequence|None=None, # optional per augmentation: list of (h, w) maps, one per image, overlaid
+                   width:float=3.0):
+    "Draw augmented samples with their prompts (and attention maps, if given)."
+    import matplotlib.pyplot as plt
+    cols = sum(len(a.images) for a in augs)
+    fig, axs = plt.subplots(1, cols, figsize=(width * cols, width + 0.6), squeeze=False)
+    k = 0
+    for i, a in enumerate(augs):
+        for j, im in enumerate(a.images):
+            ax = axs[0, k]; k += 1
+            ax.imshow(im); ax.set_xticks([]); ax.set_yticks([])
+            if attention is not None:
+                m = attention[i][j].float().cpu().numpy()
+                ax.imshow(m, extent=(0, im.width, im.height, 0), alpha=0.45, cmap='magma', vmin=0, vmax=max(float(m.max()), 1e-9))
+            if a.target_box is not None:
+                x0, y0, x1, y1 = a.target_box
+                ax.add_patch(plt.Rectangle((x0 * im.width, y0 * im.height), (x1 - x0) * im.width, (y1 - y0) * im.height, fill=False, ec='lime', lw=2))
+            elif j == a.target_index:
+                for s in ax.spines.values(): s.set_edgecolor('lime'); s.set_linewidth(3)
+            if j == 0: ax.set_title('\n'.join(re.findall(r'.{1,42}(?:\s|$)', a.prompt.replace('<image>', '▣'))), fontsize=8, loc='left')
+    fig.tight_layout()
+    return fig
+
+def plot_rule_quality(table:'pd.DataFrame', group:str='all'):
+    "Precision and recall against the threshold scale, one line per layer (dotted: the base rate)."
+    import matplotlib.pyplot as plt
+    t = table[table.group == group]
+    fig, axs = plt.subplots(1, 2, figsize=(8, 3), sharex=True)
+    for l, d in t.groupby('layer'):
+        axs[0].plot(d.scale, d.precision, marker='o', label=f'layer {l} (AUROC {d.auroc.iloc[0]:.2f})')
+        axs[1].plot(d.scale, d.recall, marker='o', label=f'layer {l}')
+    axs[0].axhline(t.base_rate.iloc[0], ls=':', c='k', label='base rate')
+    for ax, n in zip(axs, ('precision', 'recall')): ax.set_xlabel('threshold scale (1 = seed table)'); ax.set_title(n); ax.set_ylim(0, 1.02)
+    axs[0].legend(fontsize=7); fig.tight_layout()
+    return fig
+

@@ -87,11 +87,6 @@ class ClipTrainConfig:
         if not 1 <= self.balanced_max_objects <= 9: raise ValueError(f"balanced_max_objects must be in 1..9, got {self.balanced_max_objects}")
         if self.epochs < 1 or self.lr <= 0: raise ValueError(f"need epochs >= 1 and lr > 0, got {self.epochs}, {self.lr}")
 
-    @classmethod
-    def demo(cls, **kw)->ClipTrainConfig:
-        "The run `mmpo demo` makes: the full schedule (fewer steps or smaller batches lose zero-shot accuracy, see the end)."
-        return cls(**kw)
-
 # %% ../nbs/03c_toyclip.ipynb #cfe46743
 class ClipData(NamedTuple):
     "A rendered toy training set."

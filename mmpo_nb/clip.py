@@ -82,7 +82,7 @@ def load_clip(name:str, # open_clip model name ("ViT-B-32", "mmpo-tiny", ...) or
     except Exception as e:
         if ckpt is None and src is None: raise
         why = (str(e).strip().splitlines() or [''])[0][:200]
-        raise DataError(f"not a readable {name} checkpoint ({type(e).__name__}: {why})", file=ckpt or src) from e
+        raise DataError(f"not a readable {name} checkpoint ({type(e).__name__}: {why})", file=str(ckpt or src)) from e
     return Clip(model.eval(), preprocess, open_clip.get_tokenizer(name), name)
 
 # %% ../nbs/03_clip.ipynb #2e6e3b12

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
-from transformers import get_cosine_schedule_with_warmup
-from .core import seed_everything, runs_dir, atomic_dir
+from .core import runs_dir, atomic_dir
+from .loop import TrainLoopConfig, fit, torch_threads, cosine_schedule, latest_checkpoint, list_checkpoints, read_log
 from .toyworld import (ToyWorld, WorldConfig, Scene, Question, describe, caption, questions, hallucinate,
                               DESCRIBE_PROMPTS, QUESTION_KINDS, HALLUCINATION_KINDS, SYNONYMS, NUMBERS, PLACES, COLORS, CONTEXTS)
 from .metrics import build_pope, object_stats, pope_scores, chair, qa_accuracy, POPE_SPLITS
@@ -24,7 +24,7 @@ from .vlm import build_toy_tokenizer, build_tiny_llava, init_vision_from_open_cl
 # %% auto #0
 __all__ = ['CAPTION_PROMPTS', 'FULL_SFT', 'short_answer', 'sft_samples', 'world_texts', 'SampleEncoder', 'SFTData',
            'build_sft_data', 'sft_collate', 'length_grouped_batches', 'class_token_ids', 'presence_logits',
-           'vision_warmup', 'init_projector', 'SFTConfig', 'train_sft', 'evaluate_vlm']
+           'PresenceHead', 'vision_warmup', 'init_projector', 'SFTConfig', 'sft_batches', 'train_sft', 'evaluate_vlm']
 
 # %% ../nbs/03b_sft.ipynb #97d889e0
 CAPTION_PROMPTS = ("Write a short caption for the image.", "Caption this image.")
@@ -176,24 +176,37 @@ def presence_logits(model, # LLaVA model
     e = F.normalize(model.get_input_embeddings().weight[list(class_ids)], dim=-1)   # (C, D)
     return (z @ e.T).amax(1) * scale + bias
 
+class PresenceHead(torch.nn.Module):
+    "The LLaVA model plus the warm-up's learned temperature and per-class bias, so `loop.fit` trains them together."
+    def __init__(self, model, class_ids:Sequence[int]):
+        super().__init__()
+        self.vlm, self.class_ids = model, list(class_ids)
+        self.scale, self.bias = torch.nn.Parameter(torch.tensor(10.0)), torch.nn.Parameter(torch.zeros(len(class_ids)))
+    def forward(self, pixel_values): return presence_logits(self.vlm, pixel_values, self.class_ids, self.scale, self.bias)
+
 def vision_warmup(model, # LLaVA model; its tower, projector and class-word embeddings are trained
                   data:SFTData, # supplies pixel_values and presence
                   class_ids:Sequence[int], # token id of each class word (`class_token_ids`)
                   steps:int=300, batch_size:int=128, lr:float=2e-3, seed:int=0,
                   progress:bool=True)->list[float]: # loss per step
-    "Align image tokens with class-word embeddings on object presence (multi-label BCE, max over patches)."
-    scale, bias = torch.nn.Parameter(torch.tensor(10.0)), torch.nn.Parameter(torch.zeros(len(class_ids)))
-    params = [*model.model.vision_tower.parameters(), *model.model.multi_modal_projector.parameters(), scale, bias]
-    emb = model.get_input_embeddings().weight
-    opt = torch.optim.AdamW([{'params': params}, {'params': [emb]}], lr=lr, weight_decay=0.0)
-    g = torch.Generator().manual_seed(seed); losses = []; model.train()
-    for st in (bar := tqdm(range(steps), desc='vision warm-up', disable=not progress)):
-        for gr in opt.param_groups: gr['lr'] = lr * min(1, (st + 1) / 30) * 0.5 * (1 + math.cos(math.pi * st / steps))
-        j = torch.randint(0, len(data.presence), (batch_size,), generator=g)
-        loss = F.binary_cross_entropy_with_logits(presence_logits(model, data.pixel_values[j].float(), class_ids, scale, bias), data.presence[j])
-        loss.backward(); torch.nn.utils.clip_grad_norm_(params, 1.0); opt.step(); opt.zero_grad(set_to_none=True)
-        losses.append(loss.item()); bar.set_postfix(loss=f'{loss.item():.3f}')
-    return losses
+    "Align image tokens with class-word embeddings on object presence (multi-label BCE, max over patches), with `loop.fit`."
+    head, emb = PresenceHead(model, class_ids), model.get_input_embeddings().weight
+    was = {n: p.requires_grad for n, p in model.named_parameters()}
+    model.requires_grad_(False)
+    for m in (model.model.vision_tower, model.model.multi_modal_projector): m.requires_grad_(True)
+    emb.requires_grad_(True)
+    def batch(i):
+        j = torch.randint(0, len(data.presence), (batch_size,), generator=torch.Generator().manual_seed(seed * 1_000_003 + i))
+        return data.pixel_values[j].float(), data.presence[j]
+    def step(head, b):
+        dev = head.bias.device
+        return F.binary_cross_entropy_with_logits(head(b[0].to(dev)), b[1].to(dev))
+    cfg = TrainLoopConfig(steps=steps, lr=lr, warmup_steps=min(30, steps), grad_clip=1.0, seed=seed, progress=progress, desc='vision warm-up')
+    try: res = fit(step, head, batch, cfg, accelerator=None)
+    finally:
+        for n, p in model.named_parameters(): p.requires_grad_(was[n])
+    model.train()
+    return [r['loss/total'] for r in res.history]
 
 # %% ../nbs/03b_sft.ipynb #510312fe
 @torch.no_grad()
@@ -267,21 +280,17 @@ class SFTConfig:
         if self.lr <= 0: raise ValueError(f"lr must be > 0, got {self.lr}")
         WorldConfig(**self.world)   # fails early on a bad world override
 
+    @classmethod
+    def demo(cls, **kw)->SFTConfig:
+        "A cheaper run for `mmpo demo`: 1,500 steps over 10,000 scenes (60% of the SFT steps); POPE holds, CHAIR doubles (see the full run)."
+        return cls(**{'name': 'demo', 'n_scenes': 10_000, 'steps': 1_500, 'threads': 1, **kw})
+
     def model_kwargs(self)->dict:
         return dict(image_size=self.image_size, patch_size=self.patch_size, vision_width=self.vision_width,
                     vision_layers=self.vision_layers, vision_mlp=self.vision_mlp, text_width=self.text_width,
                     text_layers=self.text_layers, text_mlp=self.text_mlp, seed=self.seed)
 
 # %% ../nbs/03b_sft.ipynb #1d75da3c
-def _checkpoints(run:Path)->list[Path]:
-    return sorted((p for p in run.glob('checkpoint-*') if (p/'trainer_state.pt').exists()), key=lambda p: int(p.name.split('-')[1]))
-
-def _save_checkpoint(run:Path, model, processor, opt, sched, step:int, log:dict, keep:int):
-    with atomic_dir(run/f'checkpoint-{step}', overwrite=True) as tmp:
-        model.save_pretrained(tmp); processor.save_pretrained(tmp)
-        torch.save({'optimizer': opt.state_dict(), 'scheduler': sched.state_dict(), 'step': step, 'log': log}, tmp/'trainer_state.pt')
-    for p in _checkpoints(run)[:-keep]: shutil.rmtree(p, ignore_errors=True)
-
 def _build(cfg:SFTConfig, world:ToyWorld):
     "Fresh tokenizer, model and processor for `cfg` (tower from the toy CLIP if asked)."
     tok = build_toy_tokenizer(world_texts(world, cfg.vocab_scenes))
@@ -299,82 +308,85 @@ def _build(cfg:SFTConfig, world:ToyWorld):
     else: model, processor = build_tiny_llava(tok, **kw)
     return model, processor
 
+def _aligned_model(cfg:SFTConfig, world:ToyWorld, run:Path, progress:bool):
+    "The model after the vision warm-up, from `run/warmup/` if an earlier call saved it, else built, warmed up and saved there."
+    if (run/'warmup'/'warmup_log.json').exists():
+        model, processor = load_vlm(run/'warmup')
+        return model, processor, json.loads((run/'warmup'/'warmup_log.json').read_text())
+    t0 = time.time()
+    torch.manual_seed(cfg.seed)
+    model, processor = _build(cfg, world)
+    data = _sft_data(cfg, world, processor, progress)
+    log = {'time': {'data_s': time.time() - t0}, 'vision_warmup_loss': []}
+    log['projector_init'] = init_projector(model, data.pixel_values[:512].float())
+    if cfg.vision_warmup_steps > 0:
+        t1 = time.time()
+        cids = class_token_ids(processor.tokenizer, world.classes)
+        log['vision_warmup_loss'] = vision_warmup(model, data, cids, cfg.vision_warmup_steps, cfg.vision_warmup_batch,
+                                                  cfg.vision_warmup_lr, cfg.seed, progress)
+        log['time']['vision_warmup_s'] = time.time() - t1
+        log['projector_rescale'] = init_projector(model, data.pixel_values[:512].float(), standardize=False)
+    with atomic_dir(run/'warmup', overwrite=True) as tmp:
+        model.save_pretrained(tmp); processor.save_pretrained(tmp); (tmp/'warmup_log.json').write_text(json.dumps(log))
+    return model, processor, log | {'data': data}
+
+def _sft_data(cfg:SFTConfig, world:ToyWorld, processor, progress:bool)->SFTData:
+    return build_sft_data(world, processor, cfg.n_scenes, variants=cfg.variants, n_qa=cfg.n_qa, n_absent=cfg.n_absent,
+                          caption_p=cfg.caption_p, hard_negative_p=cfg.hard_negative_p, progress=progress)
+
+def sft_batches(data:SFTData, cfg:SFTConfig, pad_id:int)->Callable[[int], dict]:
+    "Batch `i` of the run (a function of `(seed, i)`: epoch `i // batches per epoch`, length-grouped order of that epoch)."
+    lengths = [len(x) for x in data.input_ids]
+    per_epoch, cache = math.ceil(len(lengths) / cfg.batch_size), {}
+    def batch(i):
+        ep, k = divmod(i, per_epoch)
+        if ep not in cache: cache.clear(); cache[ep] = length_grouped_batches(lengths, cfg.batch_size, cfg.seed, ep)
+        return sft_collate(data, cache[ep][k], pad_id)
+    batch.per_epoch = per_epoch
+    return batch
+
+def _lm_step(model, batch:dict):
+    dev = model.get_input_embeddings().weight.device
+    return model(**{k: v.to(dev) for k, v in batch.items()}).loss
+
 def train_sft(cfg:SFTConfig, # what to train and how
               out:str|Path|None=None, # run folder; default `runs_dir('sft', cfg.name)`
               overwrite:bool=False, # retrain even if `out/final` exists (checkpoints are then ignored too)
               progress:bool=True, # tqdm bars
               max_minutes:float|None=None, # stop early (after a checkpoint) once this much SFT time has passed; resume later
              )->Path: # the `final/` folder (or the last checkpoint if stopped early)
-    "Train the tiny LLaVA on toy-world instructions; resumable; returns the saved model folder."
+    "Train the tiny LLaVA on toy-world instructions with `loop.fit`; resumable; returns the saved model folder."
     run = Path(out) if out is not None else runs_dir('sft', cfg.name)
     run.mkdir(parents=True, exist_ok=True)
     if (run/'final').exists() and not overwrite: return run/'final'
     if overwrite:
-        for p in _checkpoints(run): shutil.rmtree(p, ignore_errors=True)
-    if cfg.threads: torch.set_num_threads(cfg.threads)
-    seed_everything(cfg.seed)
-    world = ToyWorld(WorldConfig(**cfg.world))
-    t0 = time.time()
-    ckpts = _checkpoints(run)
-    if ckpts:
-        model, processor = load_vlm(ckpts[-1]); state = torch.load(ckpts[-1]/'trainer_state.pt', weights_only=True)
-        step, log = state['step'], state['log']
-    else:
-        model, processor = _build(cfg, world); state, step = None, 0
-        log = {'loss': [], 'vision_warmup_loss': [], 'time': {}}
-    data = build_sft_data(world, processor, cfg.n_scenes, variants=cfg.variants, n_qa=cfg.n_qa, n_absent=cfg.n_absent,
-                          caption_p=cfg.caption_p, hard_negative_p=cfg.hard_negative_p, progress=progress)
-    log['time']['data_s'] = log['time'].get('data_s', 0) + time.time() - t0
-    model.train()
-    if state is None:
-        log['projector_init'] = init_projector(model, data.pixel_values[:512].float())
-        if cfg.vision_warmup_steps > 0:
-            t1 = time.time()
-            cids = class_token_ids(processor.tokenizer, world.classes)
-            log['vision_warmup_loss'] = vision_warmup(model, data, cids, cfg.vision_warmup_steps, cfg.vision_warmup_batch,
-                                                      cfg.vision_warmup_lr, cfg.seed, progress)
-            log['time']['vision_warmup_s'] = time.time() - t1
-            log['projector_rescale'] = init_projector(model, data.pixel_values[:512].float(), standardize=False)
-    model.model.vision_tower.requires_grad_(not cfg.freeze_vision)
-    model.model.multi_modal_projector.requires_grad_(not cfg.freeze_projector)
-    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    decay = [p for n, p in trainable if p.ndim >= 2]
-    no_decay = [p for n, p in trainable if p.ndim < 2]
-    opt = torch.optim.AdamW([{'params': decay, 'weight_decay': cfg.weight_decay}, {'params': no_decay, 'weight_decay': 0.0}],
-                            lr=cfg.lr, betas=(0.9, 0.98))
-    sched = get_cosine_schedule_with_warmup(opt, cfg.warmup_steps, cfg.steps)
-    if state is not None: opt.load_state_dict(state['optimizer']); sched.load_state_dict(state['scheduler'])
-    lengths = [len(x) for x in data.input_ids]
-    per_epoch = math.ceil(len(lengths) / cfg.batch_size)
-    pad = processor.tokenizer.pad_token_id
-    t1, stopped = time.time(), False
-    bar = tqdm(total=cfg.steps, initial=step, desc='sft', disable=not progress)
-    while step < cfg.steps:
-        epoch, k = divmod(step, per_epoch)
-        batches = length_grouped_batches(lengths, cfg.batch_size, cfg.seed, epoch)
-        for idx in batches[k:]:
-            if step >= cfg.steps: break
-            loss = model(**sft_collate(data, idx, pad)).loss
-            if not torch.isfinite(loss): raise FloatingPointError(f"SFT loss is {loss.item()} at step {step}; lower lr (now {cfg.lr})")
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_([p for _, p in trainable], cfg.grad_clip)
-            opt.step(); sched.step(); opt.zero_grad(set_to_none=True)
-            step += 1; log['loss'].append(loss.item()); bar.update(1); bar.set_postfix(loss=f'{loss.item():.3f}')
-            if step % cfg.save_every == 0 or step == cfg.steps:
-                log['time']['sft_s'] = log['time'].get('sft_s', 0) + time.time() - t1; t1 = time.time()
-                _save_checkpoint(run, model, processor, opt, sched, step, log, cfg.keep)
-                if max_minutes is not None and log['time']['sft_s'] > 60 * max_minutes and step < cfg.steps: stopped = True; break
-        if stopped: break
-    bar.close()
-    if stopped: return _checkpoints(run)[-1]
-    log['time']['total_s'] = sum(v for k, v in log['time'].items() if k != 'total_s')
-    model.eval()
-    with atomic_dir(run/'final', overwrite=True) as tmp:
-        model.save_pretrained(tmp); processor.save_pretrained(tmp)
-        (tmp/'sft_config.json').write_text(json.dumps(asdict(cfg), indent=1))
-        (tmp/'train_log.json').write_text(json.dumps(log))
-    for p in _checkpoints(run): shutil.rmtree(p, ignore_errors=True)
-    return run/'final'
+        for p in [*list_checkpoints(run), run/'warmup']: shutil.rmtree(p, ignore_errors=True)
+    with torch_threads(cfg.threads):
+        world = ToyWorld(WorldConfig(**cfg.world))
+        model, processor, log = _aligned_model(cfg, world, run, progress)
+        data = log.pop('data', None)
+        if data is None:                       # resumed: the warm-up is saved, the data is rebuilt
+            t0 = time.time(); data = _sft_data(cfg, world, processor, progress); log['time']['data_s'] += time.time() - t0
+        model.model.vision_tower.requires_grad_(not cfg.freeze_vision)
+        model.model.multi_modal_projector.requires_grad_(not cfg.freeze_projector)
+        batches = sft_batches(data, cfg, processor.tokenizer.pad_token_id)
+        loop = TrainLoopConfig(steps=cfg.steps, lr=cfg.lr, warmup_steps=min(cfg.warmup_steps, cfg.steps), weight_decay=cfg.weight_decay,
+                               betas=(0.9, 0.98), grad_clip=cfg.grad_clip, seed=cfg.seed, save_every=cfg.save_every, keep=cfg.keep,
+                               progress=progress, desc='sft')
+        model.train()
+        res = fit(_lm_step, model, batches, loop, out=run, epoch_len=batches.per_epoch, max_minutes=max_minutes)
+        if res.stopped: return latest_checkpoint(run)
+        lines = read_log(run)
+        log['loss'] = [r['loss/total'] for r in lines if 'loss/total' in r]
+        log['time']['sft_s'] = lines[-1]['time'] if lines else 0.0
+        log['time']['total_s'] = sum(v for k, v in log['time'].items() if k != 'total_s')
+        model = res.model.eval()
+        with atomic_dir(run/'final', overwrite=True) as tmp:
+            model.save_pretrained(tmp); processor.save_pretrained(tmp)
+            (tmp/'sft_config.json').write_text(json.dumps(asdict(cfg), indent=1))
+            (tmp/'train_log.json').write_text(json.dumps(log))
+        for p in [*list_checkpoints(run), run/'warmup']: shutil.rmtree(p, ignore_errors=True)
+        return run/'final'
 
 # %% ../nbs/03b_sft.ipynb #0df70138
 def evaluate_vlm(model, processor, # a VLM and its processor (e.g. from `load_vlm`)

@@ -18,14 +18,14 @@ from open_clip.loss import ClipLoss
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 from tqdm.auto import tqdm
-from transformers import get_cosine_schedule_with_warmup
-from .core import seed_everything, get_device, runs_dir
+from .core import get_device, runs_dir
+from .loop import TrainLoopConfig, fit, torch_threads
 from .toyworld import ToyWorld, WorldConfig, Scene, SceneObject
 from .clip import Clip, CHECKPOINT_NAME, load_clip, embed_images, embed_texts, save_clip
 
 # %% auto #0
 __all__ = ['balanced_scene', 'caption_variants', 'ClipTrainConfig', 'ClipData', 'build_clip_data', 'normalizer', 'random_shift',
-           'train_clip', 'evaluate_clip']
+           'clip_batch', 'clip_step', 'train_clip', 'evaluate_clip']
 
 # %% ../nbs/03c_toyclip.ipynb #d2434421
 def balanced_scene(world:ToyWorld, # supplies classes, colours, contexts and `p_large`
@@ -87,11 +87,6 @@ class ClipTrainConfig:
         if not 1 <= self.balanced_max_objects <= 9: raise ValueError(f"balanced_max_objects must be in 1..9, got {self.balanced_max_objects}")
         if self.epochs < 1 or self.lr <= 0: raise ValueError(f"need epochs >= 1 and lr > 0, got {self.epochs}, {self.lr}")
 
-    @classmethod
-    def demo(cls, **kw)->ClipTrainConfig:
-        "The demo's cheaper run: the same 700 steps in batches of 64 over 9,000 scenes (about half the compute)."
-        return cls(**{'n_scenes': 9000, 'batch_size': 64, 'epochs': 5, **kw})
-
 # %% ../nbs/03c_toyclip.ipynb #cfe46743
 class ClipData(NamedTuple):
     "A rendered toy training set."
@@ -133,10 +128,32 @@ def random_shift(x:torch.Tensor, # (B, C, H, W)
     return torch.stack([xp[b, :, dy[b]:dy[b]+H, dx[b]:dx[b]+W] for b in range(B)])
 
 # %% ../nbs/03c_toyclip.ipynb #c0866717
-def _param_groups(model, weight_decay):
-    decay = lambda n, p: p.ndim >= 2 and 'embedding' not in n and 'token' not in n
-    return [dict(params=[p for n, p in model.named_parameters() if decay(n, p)], weight_decay=weight_decay),
-            dict(params=[p for n, p in model.named_parameters() if not decay(n, p)], weight_decay=0.)]
+def clip_batch(data:ClipData, # from `build_clip_data`
+               cfg:ClipTrainConfig, # batch_size, seed, short_caption_p, shift
+               norm:Callable, # `normalizer(model)`
+               i:int, # global batch index (epoch = i // batches per epoch)
+              )->tuple[torch.Tensor, torch.Tensor]: # (B, 3, S, S) normalised shifted images, (B, context_length) tokens
+    "Batch `i` of the training run: a pure function of `(cfg.seed, i)`."
+    per_epoch = len(data.images) // cfg.batch_size
+    ep, b = divmod(i, per_epoch)
+    idx = torch.randperm(len(data.images), generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + ep))
+    idx = idx[b*cfg.batch_size:(b+1)*cfg.batch_size]
+    g = torch.Generator().manual_seed(cfg.seed * 7_919 + i + 1)
+    x = random_shift(norm(data.images[idx]), cfg.shift, g)
+    v = torch.randint(1, data.caption_ix.shape[1], (len(idx),), generator=g)   # one caption variant per scene,
+    v[torch.rand(len(idx), generator=g) < cfg.short_caption_p] = 0                 # the short one with prob. short_caption_p
+    return x, data.tokens[data.caption_ix[idx, v]]
+
+_LOSS = ClipLoss()
+
+def clip_step(model:torch.nn.Module, # open_clip CLIP built with `output_dict=True`
+              batch:tuple, # (images, tokens) from `clip_batch`
+             )->tuple[torch.Tensor, dict]: # loss, {'logit_scale': exp(logit_scale)}
+    "One contrastive step's loss (open_clip's `ClipLoss`); clamps the logit scale at log 100 first."
+    with torch.no_grad(): model.logit_scale.clamp_(0, math.log(100))
+    dev = model.logit_scale.device
+    o = model(batch[0].to(dev, memory_format=torch.channels_last), batch[1].to(dev))
+    return _LOSS(o['image_features'], o['text_features'], o['logit_scale']), {'logit_scale': o['logit_scale'].detach()}
 
 def train_clip(cfg:ClipTrainConfig, # what to train and how
                out:str|Path|None=None, # checkpoint folder; default `runs_dir('clip', cfg.model)`
@@ -144,58 +161,33 @@ def train_clip(cfg:ClipTrainConfig, # what to train and how
                eval_every:int=0, # run `evaluate_clip` (n=200) every this many epochs; 0 = only at the end
                eval_n:int=500, # scenes per evaluation split at the end (0 = skip)
               )->Path: # the checkpoint file (`open_clip_model.safetensors` in `out`)
-    "Train an open_clip model contrastively on the toy world with open_clip's `ClipLoss`; save it and return the checkpoint path."
-    g = seed_everything(cfg.seed)
-    old_threads = torch.get_num_threads()
-    if cfg.threads: torch.set_num_threads(cfg.threads)
-    try:
+    "Train an open_clip model contrastively on the toy world with `loop.fit`; save it and return the checkpoint path."
+    with torch_threads(cfg.threads):
         dev = get_device(cfg.device)
+        torch.manual_seed(cfg.seed)
         model = open_clip.create_model(cfg.model, device=dev, output_dict=True, pretrained_image=False, pretrained_text=False)
+        model = model.to(memory_format=torch.channels_last)   # NHWC convolutions: 1.4x faster steps on a CPU, same numbers
         tok = open_clip.get_tokenizer(cfg.model)
         t0 = time.time()
         data = build_clip_data(cfg, tok, progress)
         t_data, norm = time.time() - t0, normalizer(model)
-        opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
-        sched = get_cosine_schedule_with_warmup(opt, max(1, int(cfg.warmup_frac * (len(data.images) // cfg.batch_size) * cfg.epochs)),
-                                                (len(data.images) // cfg.batch_size) * cfg.epochs)
-        loss_fn = ClipLoss()
-        N = len(data.images); per_epoch = N // cfg.batch_size; total = per_epoch * cfg.epochs
-        step, history, t_eval, t1 = 0, [], 0., time.time()
-        model.train()
-        bar = tqdm(total=total, desc=f'training {cfg.model}', disable=not progress)
-        for ep in range(cfg.epochs):
-            perm = torch.randperm(N, generator=g)
-            for b in range(per_epoch):
-                idx = perm[b*cfg.batch_size:(b+1)*cfg.batch_size]
-                x = random_shift(norm(data.images[idx]), cfg.shift, g).to(dev)
-                v = torch.randint(1, data.caption_ix.shape[1], (len(idx),), generator=g)   # one caption variant per scene,
-                v[torch.rand(len(idx), generator=g) < cfg.short_caption_p] = 0                 # the short one with prob. short_caption_p
-                t = data.tokens[data.caption_ix[idx, v]].to(dev)
-                lr = sched.get_last_lr()[0]
-                o = model(x, t)
-                loss = loss_fn(o['image_features'], o['text_features'], o['logit_scale'])
-                opt.zero_grad(set_to_none=True); loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0); opt.step(); sched.step()
-                with torch.no_grad(): model.logit_scale.clamp_(0, math.log(100))
-                step += 1; bar.update(1)
-                if step % 10 == 0 or step == total:
-                    history.append({'step': step, 'epoch': ep, 'loss': round(loss.item(), 4), 'lr': lr,
-                                    'logit_scale': round(model.logit_scale.exp().item(), 2)})
-                    bar.set_postfix(loss=f"{loss.item():.3f}", epoch=ep)
-            if eval_every and (ep + 1) % eval_every == 0 and ep + 1 < cfg.epochs:
-                te = time.time(); model.eval()
-                r = evaluate_clip(Clip(model, None, tok, cfg.model), cfg.world, n=200); model.train()
-                history.append({'step': step, 'epoch': ep, **r}); t_eval += time.time() - te
-                bar.write(f"epoch {ep+1}: {r}")
-        bar.close()
-        t_train = time.time() - t1 - t_eval
-        model.eval()
-        metrics = {'time/render_s': round(t_data, 1), 'time/train_s': round(t_train, 1), 'steps': step,
-                   'samples_per_s': round(step * cfg.batch_size / max(t_train, 1e-9), 1), 'threads': torch.get_num_threads()}
+        per_epoch = len(data.images) // cfg.batch_size; total = per_epoch * cfg.epochs
+        loop = TrainLoopConfig(steps=total, lr=cfg.lr, warmup_steps=max(1, int(cfg.warmup_frac * total)), weight_decay=cfg.weight_decay,
+                               betas=(0.9, 0.98), eps=1e-6, grad_clip=1.0, cpu=dev.type == 'cpu', threads=cfg.threads, seed=cfg.seed,
+                               log_every=10, eval_every=eval_every * per_epoch, progress=progress, desc=f'training {cfg.model}')
+        def eval_fn(m, step): return {f'eval/{k}': v for k, v in evaluate_clip(Clip(m.eval(), None, tok, cfg.model), cfg.world, n=200).items()}
+        t1 = time.time()
+        res = fit(clip_step, model, lambda i: clip_batch(data, cfg, norm, i), loop, eval_fn=eval_fn if eval_every else None, epoch_len=per_epoch)
+        model = res.model.eval()
+        with torch.no_grad(): model.logit_scale.clamp_(0, math.log(100))
+        t_train = time.time() - t1
+        metrics = {'time/render_s': round(t_data, 1), 'time/train_s': round(t_train, 1), 'steps': res.step,
+                   'samples_per_s': round(res.step * cfg.batch_size / max(t_train, 1e-9), 1), 'threads': torch.get_num_threads()}
         if eval_n: metrics |= evaluate_clip(Clip(model, None, tok, cfg.model), cfg.world, n=eval_n)
         out = runs_dir('clip', cfg.model) if out is None else Path(out)
-        return save_clip(model, cfg.model, out, {'train_config.json': asdict(cfg), 'metrics.json': {**metrics, 'history': history}})
-    finally: torch.set_num_threads(old_threads)
+        ckpt = save_clip(model, cfg.model, out, {'train_config.json': asdict(cfg), 'metrics.json': metrics})
+        (ckpt.parent/'log.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in res.history))
+        return ckpt
 
 # %% ../nbs/03c_toyclip.ipynb #a96f6d60
 def evaluate_clip(clip:Clip, # from `load_clip` (or any `Clip` tuple)

@@ -97,19 +97,17 @@ def _echo_json(d:dict):
 @train_app.command('clip')
 def train_clip_cmd(out:Optional[Path]=typer.Option(None, help="Checkpoint folder (default runs/clip/<model>)."),
                    model:str=typer.Option('mmpo-tiny', help="open_clip model name (a registered config)."),
-                   preset:str=typer.Option('full', help="'full' (ClipTrainConfig()) or 'demo' (ClipTrainConfig.demo(), the demo's cheaper run)."),
-                   n_scenes:Optional[int]=typer.Option(None, help="Scenes rendered once and reused every epoch (default: the preset's)."),
-                   epochs:Optional[int]=typer.Option(None, help="Passes over the scenes (default: the preset's)."),
-                   batch_size:Optional[int]=typer.Option(None, help="Batch size (= negatives per sample in the loss; default: the preset's)."),
-                   lr:Optional[float]=typer.Option(None, help="Peak learning rate (default: the preset's)."),
+                   n_scenes:Optional[int]=typer.Option(None, help="Scenes rendered once and reused every epoch (default: ClipTrainConfig's)."),
+                   epochs:Optional[int]=typer.Option(None, help="Passes over the scenes (default: ClipTrainConfig's)."),
+                   batch_size:Optional[int]=typer.Option(None, help="Batch size (= negatives per sample in the loss; default: ClipTrainConfig's)."),
+                   lr:Optional[float]=typer.Option(None, help="Peak learning rate (default: ClipTrainConfig's)."),
                    seed:int=typer.Option(0, help="World and training seed."),
                    eval_n:int=typer.Option(500, help="Held-out scenes per evaluation split (0 = skip).")):
     "Train the tiny CLIP contrastively on the toy world, with a progress bar; print its evaluation."
     from mmpo_nb.toyclip import ClipTrainConfig, train_clip
     from dataclasses import replace
-    if preset not in ('full', 'demo'): _fail(ValueError(f"--preset must be 'full' or 'demo', not {preset!r}"))
     given = {k: v for k, v in dict(n_scenes=n_scenes, epochs=epochs, batch_size=batch_size, lr=lr).items() if v is not None}
-    try: cfg = replace(ClipTrainConfig.demo() if preset == 'demo' else ClipTrainConfig(), model=model, seed=seed, **given)
+    try: cfg = replace(ClipTrainConfig(), model=model, seed=seed, **given)
     except ValueError as e: _fail(e)
     ckpt = train_clip(cfg, out=out, eval_n=eval_n)
     typer.echo(f"checkpoint: {ckpt}")

@@ -238,7 +238,7 @@ def results_table(summary:dict # the run's `summary.json`: stage -> metrics
                  )->list[dict]:
     "One row per evaluated model (SFT first, then each method in run order): its name and the report's columns."
     rows = []
-    for stage, metrics in summary.items():
+    for metrics in summary.values():
         names = {k.split('/', 1)[0] for k in metrics if '/pope/' in k}
         for name in sorted(names, key=lambda n: (n != 'sft', n)):
             rows.append({'model': name, **{col: metrics.get(f'{name}/{key}') for key, col in REPORT_COLUMNS}})

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, asdict, replace
 from pathlib import Path
 from typing import Sequence
 import numpy as np
+import pandas as pd
 import torch
 from PIL import Image
 from tqdm.auto import tqdm

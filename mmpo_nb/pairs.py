@@ -215,7 +215,7 @@ def balance_pairs(rows:Sequence[dict], # rows with 'task', 'kind', 'origin' and 
     for kind in sorted({r['kind'] for r in qa}):
         side = {t: [r for r in qa if r['kind'] == kind and r['truth'] == t] for t in ('yes', 'no')}
         n = min(len(v) for v in side.values())
-        for t, v in side.items():
+        for v in side.values():
             err = [r for r in v if r['origin'] == 'own_error']; ok = [r for r in v if r['origin'] != 'own_error']
             pick = [err[j] for j in rng.permutation(len(err))] + [ok[j] for j in rng.permutation(len(ok))]
             out += pick[:n]

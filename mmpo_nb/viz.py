@@ -546,8 +546,8 @@ def plot_preference_distribution(neg_images:list, # K PIL images
     fig.tight_layout()
     return fig
 
-# %% ../nbs/08_viz.ipynb #bc1e75e7
-def show_augmented(augs:Sequence[Augmented], # to draw, one column each
+# %% ../nbs/08_viz.ipynb #035d78b1
+def show_augmented(augs:Sequence, # `miadpo.Augmented` samples to draw, one column each
                    attention:Sequence|None=None, # optional per augmentation: list of (h, w) maps, one per image, overlaid
                    width:float=3.0):
     "Draw augmented samples with their prompts (and attention maps, if given)."

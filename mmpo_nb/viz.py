@@ -143,12 +143,14 @@ def pair_store(data_dir, # dataset folder or table file (toy, RLAIF-V parquet, m
     if max_pairs is not None and len(a) > max_pairs:
         keep = torch.linspace(0, len(a) - 1, max_pairs).round().long()
         a, b, q, j = a[keep], b[keep], q[keep], j[keep]
-    scenes = _toy_scenes(emb.table.rows)
+    t = emb.table                                        # a `datasets.Dataset`; read only the text columns (images stay undecoded)
+    rows = t.data.select([c for c in ('prompt', 'scene', 'neg_scenes') if c in t.column_names]).to_pylist()
+    scenes = _toy_scenes(rows)
     fac, names = None, []
     if scenes is not None:
         from mmpo_nb.toyworld import DIFF_FACTORS
         names = list(DIFF_FACTORS); fac = pair_factors(emb.ids, scenes, emb.own[q], j, names)
-    return PairStore(a, b, q, j, emb.own, [answer_text(r['prompt']) for r in emb.table.rows], emb.ids,
+    return PairStore(a, b, q, j, emb.own, [answer_text(r['prompt']) for r in rows], emb.ids,
                      emb.refs if with_images else None, fac, names, emb.gallery, emb.txt)
 
 # %% ../nbs/08_viz.ipynb #cdb12fd7
@@ -546,7 +548,7 @@ def plot_preference_distribution(neg_images:list, # K PIL images
     fig.tight_layout()
     return fig
 
-# %% ../nbs/08_viz.ipynb #035d78b1
+# %% ../nbs/08_viz.ipynb #4e02284b
 def show_augmented(augs:Sequence, # `miadpo.Augmented` samples to draw, one column each
                    attention:Sequence|None=None, # optional per augmentation: list of (h, w) maps, one per image, overlaid
                    width:float=3.0):

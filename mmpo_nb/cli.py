@@ -211,7 +211,7 @@ def demo(out:Optional[Path]=typer.Option(None, help="Run folder (default runs/de
     typer.echo(f"summary: {Path(out)/'summary.json'}; report: {Path(out)/'report'/'report.html'} "
                f"({summary['demo']['demo/seconds']:.0f} s)")
 
-# %% ../nbs/10_cli.ipynb #3cc536e3
+# %% ../nbs/10_cli.ipynb #6537db99
 def _floats(s:Optional[str])->Optional[tuple]: return None if s is None else tuple(float(x) for x in s.split(',') if x.strip())
 
 @app.command()

@@ -14,7 +14,7 @@ import mmpo_nb
 # %% auto #0
 __all__ = ['app', 'data_app', 'train_app', 'eval_app', 'PREFERENCE_METHODS', 'main', 'docs', 'data_toy', 'data_check',
            'train_clip_cmd', 'eval_clip_cmd', 'train_sft_cmd', 'eval_vlm_cmd', 'train_sae_cmd', 'select', 'demo',
-           'data_miadpo', 'data_mdpo', 'data_aspo', 'data_misp']
+           'study', 'data_miadpo', 'data_mdpo', 'data_aspo', 'data_misp']
 
 # %% ../nbs/10_cli.ipynb #396df918
 app = typer.Typer(help="mmpo-nb: multimodal preference optimization against VLM hallucination, on a toy world or real checkpoints.",
@@ -208,6 +208,44 @@ def demo(out:Optional[Path]=typer.Option(None, help="Run folder (default runs/de
     except (ValueError, RuntimeError) as e: _fail(e)
     typer.echo(f"summary: {Path(out)/'summary.json'}; report: {Path(out)/'report'/'report.html'} "
                f"({summary['demo']['demo/seconds']:.0f} s)")
+
+# %% ../nbs/10_cli.ipynb #6537db99
+def _floats(s:Optional[str])->Optional[tuple]: return None if s is None else tuple(float(x) for x in s.split(',') if x.strip())
+
+@app.command()
+def study(demo:Path=typer.Option(Path('runs/demo'), '--demo', help="Finished `mmpo demo` run folder (its SFT model and every method's data)."),
+          out:Optional[Path]=typer.Option(None, help="Study folder (default <demo>/study)."),
+          seeds:Optional[int]=typer.Option(None, help="Seeds per arm on the test scenes (default 5)."),
+          jobs:int=typer.Option(2, help="Tasks run at the same time, one thread each (1 = one after another in this process)."),
+          arms:Optional[str]=typer.Option(None, help="Comma-separated arms (default: all of mmpo_nb.study.ARMS)."),
+          lrs:Optional[str]=typer.Option(None, help="Learning rates tried on validation, comma-separated (default 5e-5,2e-4)."),
+          betas:Optional[str]=typer.Option(None, help="Beta values tried on validation (default 0.1,0.5)."),
+          sft_weights:Optional[str]=typer.Option(None, help="NLL weights tried where the arm leaves it free (default 0,1)."),
+          steps:Optional[int]=typer.Option(None, help="Optimizer steps per run (default: the demo's)."),
+          val_n:Optional[int]=typer.Option(None, help="Validation scenes (default 300)."),
+          test_n:Optional[int]=typer.Option(None, help="Test scenes (default 2000: a split's 95% CI about +/-0.01)."),
+          multi_n:Optional[int]=typer.Option(None, help="Multi-image readability targets (default 100)."),
+          sweep:Optional[bool]=typer.Option(None, '--sweep/--no-sweep', help="Run the MISP-DPO sweep of K and beta (default: on)."),
+          sweep_seeds:Optional[int]=typer.Option(None, help="Seeds per sweep point (default 2)."),
+          quick:bool=typer.Option(False, '--quick', help="Smoke-test sizes: 2 seeds, one grid point, 3 test scenes, 2 steps."),
+          save_to:Optional[Path]=typer.Option(None, help="Also copy the results (with this command and the git commit) here, e.g. nbs/study_results.")):
+    "Every method with several seeds: tuned on validation scenes, reported on test scenes with CIs, paired tests against SFT, and the claims."
+    import shlex, sys
+    from dataclasses import replace
+    from mmpo_nb.study import StudyConfig, run_study, results_markdown, save_results
+    given = dict(seeds=seeds, arms=None if arms is None else tuple(a.strip() for a in arms.split(',') if a.strip()), lrs=_floats(lrs),
+                 betas=_floats(betas), sft_weights=_floats(sft_weights), steps=steps, val_n=val_n, test_n=test_n, multi_n=multi_n,
+                 sweep=sweep, sweep_seeds=sweep_seeds)
+    try:
+        base = StudyConfig.quick(demo, out) if quick else StudyConfig(demo=str(demo), out=None if out is None else str(out))
+        cfg = replace(base, **{k: v for k, v in given.items() if v is not None})
+        res = run_study(cfg, jobs=jobs, log=typer.echo)
+    except (ValueError, RuntimeError) as e: _fail(e)
+    typer.echo(results_markdown(res))
+    typer.echo(f"results: {cfg.folder/'results.json'}")
+    if save_to is not None:
+        dest = save_results(cfg.folder, save_to, command=shlex.join(['mmpo', *sys.argv[1:]]) if 'study' in sys.argv else f'mmpo study --demo {demo}')
+        typer.echo(f"saved to {dest}")
 
 # %% ../nbs/10_cli.ipynb #e66ecd2b
 @data_app.command('miadpo')

@@ -33,7 +33,7 @@ __all__ = ['EVAL_KEYS', 'PREFERENCE_RUNS', 'REPORT_COLUMNS', 'STAGES', 'DemoConf
            'eval_model', 'stage_sft', 'stage_sae', 'error_types_of_picks', 'stage_select', 'stage_pairs',
            'with_selection', 'stage_misp_data', 'stage_aspo_data', 'stage_miadpo_data', 'preference_stage',
            'results_table', 'markdown_table', 'write_report', 'Stage', 'stage_report', 'plan_stages', 'stage_progress',
-           'tree_pss_mb', 'run_stage', 'run_graph', 'run_demo']
+           'peak_rss_mb', 'tree_pss_mb', 'run_stage', 'run_graph', 'run_demo']
 
 # %% ../nbs/09a_demo.ipynb #10ac6e5f
 @dataclass
@@ -356,7 +356,9 @@ def stage_progress(log_file:Path)->str:
         if m := _TQDM.search(seg): return f'{m[1]}% {m[2]}/{m[3]} eta {m[5]}'
     return ''
 
-def _peak_rss_mb()->float: return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+def peak_rss_mb()->float:
+    "Peak resident memory of this process so far, in MB."
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 def tree_pss_mb(pids:list[int])->float:
     "Proportional set size of these processes together, in MB: shared pages (a forked child's imports) are counted once."
@@ -373,7 +375,7 @@ def run_stage(cfg:DemoConfig, name:str, graph:dict[str, Stage]|None=None)->dict:
     folder = cfg.folder/name; folder.mkdir(parents=True, exist_ok=True)
     (folder/'stage.json').unlink(missing_ok=True)
     seed_everything(cfg.seed); t0 = time.time()
-    metrics = {**graph[name].fn(cfg, folder), f'{name}/seconds': round(time.time() - t0, 1), f'{name}/peak_rss_mb': _peak_rss_mb()}
+    metrics = {**graph[name].fn(cfg, folder), f'{name}/seconds': round(time.time() - t0, 1), f'{name}/peak_rss_mb': peak_rss_mb()}
     tmp = folder/'.stage.json.tmp'; tmp.write_text(json.dumps(metrics, indent=1)); tmp.replace(folder/'stage.json')
     return metrics
 

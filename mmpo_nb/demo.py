@@ -218,7 +218,10 @@ def preference_stage(name:str)->Callable[[DemoConfig, Path], dict]:
     method, data_stage, key = PREFERENCE_RUNS[name]
     def stage(cfg:DemoConfig, folder:Path)->dict:
         sft = stage_output(folder, 'sft', 'sft/model')
-        pc = PreferenceConfig(method=method, seed=cfg.seed, threads=1, **cfg.pref)
+        pref = dict(cfg.pref)
+        if method == 'misp':   # K image + text negatives per row: half the micro-batch, twice the accumulation (same batch, ~half the memory)
+            pref |= dict(batch_size=max(1, pref.get('batch_size', 4) // 2), grad_accum=2 * pref.get('grad_accum', 1))
+        pc = PreferenceConfig(method=method, seed=cfg.seed, threads=1, **pref)
         res = train_preference(pc, stage_output(folder, data_stage, key), sft, folder/'run')
         model, processor = load_vlm(sft)
         model = load_vlm(res['final'])[0] if pc.full_ft else load_adapter(model, res['final']).merge_and_unload()

@@ -23,7 +23,8 @@ _re_heading = re.compile(r'^(#{1,6})\s+(.+?)\s*$', re.MULTILINE)
 def nb_headings(nb # a notebook read with `fastcore.nbio.read_nb`
                )->list[str]:
     "The text of every markdown heading in `nb`, in order."
-    return [m.group(2) for c in nb.cells if c.cell_type == 'markdown' for m in _re_heading.finditer(c.source)]
+    unfenced = lambda s: re.sub(r'^```.*?^```', '', s, flags=re.S | re.M)   # a '# comment' in a code block is no heading
+    return [m.group(2) for c in nb.cells if c.cell_type == 'markdown' for m in _re_heading.finditer(unfenced(c.source))]
 
 def nb_title(nb)->tuple[str, str]:
     "The `# Title` and the `> summary` line of a notebook (empty strings when missing)."

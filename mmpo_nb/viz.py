@@ -406,20 +406,18 @@ def sentence_stats(clip, # `clip.Clip` for S_i
                   )->dict: # sentences, clip_sims (S,), ppls (S,), logps (S,), ref_logps (S,) or None
     "Per-sentence CLIP similarity, policy perplexity and (policy, reference) log-probs of one answer."
     from mmpo_nb.text import sentence_spans
-    from mmpo_nb.clip import embed_images, embed_texts
-    from mmpo_nb.vlm import encode_batch, response_logps, sentence_logps
+    from mmpo_nb.vlm import encode_batch, response_logps, sentence_logps, eval_mode
+    from mmpo_nb.aspo import sentence_scores   # S_i and PPL_i exactly as the ASPO data pipeline computes them
     spans = sentence_spans(answer)
     if not spans: raise DataError("the answer has no sentences")
     sents = [answer[s:e] for s, e in spans]
-    sims = (embed_texts(clip, sents) @ embed_images(clip, [image]).T)[:, 0]
-    batch = encode_batch(processor, [[image]], [prompt], [answer], spans=[spans])
+    sims, ppls = sentence_scores(model, processor, clip, [image], [prompt], [answer])
+    batch = encode_batch(processor, [[image]], [prompt], [answer], spans=[spans], add_eos=False)
     def logps(m):
-        lp, mask = response_logps(m, batch)
-        tot, _ = sentence_logps(lp, batch, 'sum'); mean, _ = sentence_logps(lp, batch, 'mean')
-        return tot[0, :len(sents)].float(), mean[0, :len(sents)].float()
-    tot, mean = logps(model)
-    ref = logps(ref_model)[0] if ref_model is not None else None
-    return dict(sentences=sents, clip_sims=sims, ppls=(-mean).exp(), logps=tot, ref_logps=ref)
+        with eval_mode(m): lp, _ = response_logps(m, batch)
+        return sentence_logps(lp, batch, 'sum')[0][0, :len(sents)].float()
+    return dict(sentences=sents, clip_sims=torch.tensor(sims[0]), ppls=torch.tensor(ppls[0]), logps=logps(model),
+                ref_logps=logps(ref_model) if ref_model is not None else None)
 
 def sentence_weight_table(stats:dict, # from `sentence_stats`
                           labels:list|None=None, # per-sentence ground truth ('ok' or an error kind), e.g. `chosen_labels`

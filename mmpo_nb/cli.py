@@ -52,7 +52,7 @@ def docs(nbs:Path=typer.Option(Path('nbs'), help="Folder of notebooks."),
     typer.echo(f"wrote {len(pages)} pages to {out}/ (open {out}/index.html)")
 
 # %% ../nbs/10_cli.ipynb #93151d68
-data_app = typer.Typer(help="Write and validate preference datasets (toy world, RLAIF-V parquet, mDPO JSON).", no_args_is_help=True)
+data_app = typer.Typer(help="Write, build and validate preference datasets: the toy world, each method's data (mdpo, aspo, misp, miadpo); RLAIF-V or TRL parquet, mDPO JSON.", no_args_is_help=True)
 app.add_typer(data_app, name='data')
 
 def _fail(e:Exception):
@@ -86,7 +86,7 @@ def data_check(path:Path=typer.Argument(..., help="Dataset folder, .parquet or .
     typer.echo(str(summary))
 
 # %% ../nbs/10_cli.ipynb #589afd42
-train_app = typer.Typer(help="Train the toy models.", no_args_is_help=True)
+train_app = typer.Typer(help="Train the toy models (clip, sft, sae) and preference-train a VLM with each method (dpo, mdpo, misp, aspo, miadpo).", no_args_is_help=True)
 eval_app = typer.Typer(help="Measure models on held-out toy scenes.", no_args_is_help=True)
 app.add_typer(train_app, name='train'); app.add_typer(eval_app, name='eval')
 

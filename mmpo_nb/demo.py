@@ -305,8 +305,16 @@ def stage_report(cfg:DemoConfig, folder:Path)->dict:
     "Write the report (Markdown + self-contained HTML) from every finished stage, and print the results table."
     summary = {p.parent.name: json.loads(p.read_text()) for p in sorted(folder.parent.glob('*/stage.json')) if p.parent.name != 'report'}
     summary = {k: summary[k] for k in [*STAGES, *summary] if k in summary}
-    figures = {}
-    out = write_report(summary, folder, figures=figures)
+    from mmpo_nb.viz import read_run_log, plot_training
+    import matplotlib.pyplot as plt
+    figures = {f'Training curves: {n}': plot_training(read_run_log(folder.parent/n/'run'), title=n)
+               for n in PREFERENCE_RUNS if (folder.parent/n/'run'/'log.jsonl').exists()}
+    sel = summary.get('select', {})
+    notes = ('' if 'select/misp/error_types' not in sel else
+             f"MISP selection: the K negatives of a row cover {sel['select/misp/error_types']:.2f} ground-truth error types on "
+             f"average, random multi-negatives from the same pools {sel['select/random/error_types']:.2f}.")
+    out = write_report(summary, folder, figures=figures, notes=notes)
+    for f in figures.values(): plt.close(f)
     print(markdown_table(results_table(summary)))
     return out
 

@@ -33,7 +33,7 @@ __all__ = ['EVAL_KEYS', 'PREFERENCE_RUNS', 'REPORT_COLUMNS', 'STAGES', 'DemoConf
            'eval_model', 'stage_sft', 'stage_sae', 'error_types_of_picks', 'stage_select', 'stage_pairs',
            'with_selection', 'stage_misp_data', 'stage_aspo_data', 'stage_miadpo_data', 'preference_stage',
            'results_table', 'markdown_table', 'write_report', 'Stage', 'stage_report', 'plan_stages', 'stage_progress',
-           'peak_rss_mb', 'tree_pss_mb', 'run_stage', 'run_graph', 'run_demo']
+           'peak_rss_mb', 'tree_pss_mb', 'run_stage', 'run_graph', 'run_demo', 'find_demo_run']
 
 # %% ../nbs/09a_demo.ipynb #10ac6e5f
 @dataclass
@@ -471,3 +471,12 @@ def run_demo(cfg:DemoConfig|None=None, # sizes and settings; default `DemoConfig
     (root/'summary.json').write_text(json.dumps(summary, indent=1))
     if failed: raise RuntimeError(f"demo stage(s) failed: {failed}; logs in {root}/<stage>/log.txt")
     return summary
+
+# %% ../nbs/09a_demo.ipynb #4eb0bb57
+def find_demo_run(needs:tuple=('sft',), # stages whose outputs the caller reads
+                  quick_out='/tmp/mmpo-quick', # where a quick demo is made when no run has them
+                 )->Path:
+    "A demo run that finished `needs`: `$MMPO_DEMO`, then `../runs/demo` (from `nbs/`), else a quick demo, made if missing."
+    for d in [os.environ.get('MMPO_DEMO'), '../runs/demo', quick_out]:
+        if d and all((Path(d)/s/'stage.json').exists() for s in needs): return Path(d)
+    run_demo(DemoConfig.quick(out=quick_out)); return Path(quick_out)

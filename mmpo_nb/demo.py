@@ -472,7 +472,7 @@ def run_demo(cfg:DemoConfig|None=None, # sizes and settings; default `DemoConfig
     if failed: raise RuntimeError(f"demo stage(s) failed: {failed}; logs in {root}/<stage>/log.txt")
     return summary
 
-# %% ../nbs/09a_demo.ipynb #4eb0bb57
+# %% ../nbs/09a_demo.ipynb #a240cfc8
 def find_demo_run(needs:tuple=('sft',), # stages whose outputs the caller reads
                   quick_out='/tmp/mmpo-quick', # where a quick demo is made when no run has them
                  )->Path:

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 __all__ = ['DPOOutput', 'dpo_loss', 'MDPOOutput', 'mdpo_loss', 'PLOutput', 'pl_image_loss', 'sampled_pl_image_loss',
            'pl_text_loss', 'MISPOutput', 'misp_loss', 'aspo_weights', 'ASPOOutput', 'aspo_loss', 'loss_metrics']
 
-# %% ../nbs/04_objectives.ipynb #b5b25dc2
+# %% ../nbs/04_objectives.ipynb #9473093b
+# The one input validator of every loss. It is shown with its tests under "Bad input, one clear error" at the end.
 def _check(args:dict, # argument name -> (tensor or None, dimension letters such as 'B K')
            beta=None, # if given: must be a finite number > 0
            mask:str|None=None, # name of the bool mask in `args`; tensors with its dims are checked only where it is True

@@ -6,7 +6,7 @@ import html, re, subprocess, sys
 from pathlib import Path
 import pytest
 from fastcore.nbio import read_nb
-from mmpo_nb.docsite import nb_headings, page_name
+from mmpo_nb.docsite import nb_headings, page_name, course_from_index
 
 ROOT = Path(__file__).resolve().parents[1]
 NBS = sorted(p for p in (ROOT/'nbs').glob('*.ipynb') if not p.name.startswith('_'))
@@ -31,3 +31,13 @@ def test_docs_site_has_every_notebook_and_its_headings(tmp_path):
             assert any(all(w in re.sub(r'<[^>]+>', ' ', x) for w in words) for x in heads), f"{page.name} lacks heading {h!r}"
         assert body.strip()
         if nb.name != 'index.ipynb': assert f'href="{page.name}"' in contents
+    # the contents page and every sidebar list the pages in the course's order (index.ipynb's `## The course`), not by file name
+    order = [page_name(l.nb) for l in course_from_index(ROOT/'nbs'/'index.ipynb')]
+    for name in ('contents.html', 'toyworld.html', 'core.html'):
+        html_ = (out/name).read_text()
+        side = html_[html_.index('mm-sidebar'):html_.index('</aside>')]
+        pos = [side.index(f'href="{p}"') for p in order]
+        assert pos == sorted(pos), f"{name}: the sidebar is not in the course's order"
+    main = contents[contents.index('mm-main'):]
+    pos = [main.index(f'href="{p}"') for p in order]
+    assert pos == sorted(pos), "contents.html does not list the pages in the course's order"

@@ -20,7 +20,7 @@ __all__ = ['README_HEADER', 'nb_headings', 'nb_title', 'readme_from_index', 'Les
            'check_course', 'nb_opening', 'read_first', 'execute_nb', 'tex_to_mathml', 'page_toc', 'Page', 'sidebar',
            'render_page', 'page_name', 'site_course', 'build_docs']
 
-# %% ../nbs/09_docsite.ipynb #18e75ca2
+# %% ../nbs/09_docsite.ipynb #fdc62265
 _re_heading = re.compile(r'^(#{1,6})\s+(.+?)\s*$', re.MULTILINE)
 
 def nb_headings(nb # a notebook read with `fastcore.nbio.read_nb`
@@ -30,13 +30,13 @@ def nb_headings(nb # a notebook read with `fastcore.nbio.read_nb`
     return [m.group(2) for c in nb.cells if c.cell_type == 'markdown' for m in _re_heading.finditer(unfenced(c.source))]
 
 def nb_title(nb)->tuple[str, str]:
-    "The `# Title` and the `> summary` line of a notebook (empty strings when missing)."
+    "The `# Title` and the `> summary` of a notebook, its `>` lines joined (empty strings when missing)."
     for c in nb.cells:
         if c.cell_type != 'markdown': continue
         t = re.search(r'^#\s+(.+?)\s*$', c.source, re.MULTILINE)
         if t:
-            s = re.search(r'^>\s*(.+?)\s*$', c.source, re.MULTILINE)
-            return t.group(1), (s.group(1) if s else '')
+            s = re.search(r'^>.*(?:\n>.*)*', c.source, re.MULTILINE)
+            return t.group(1), (' '.join(l.lstrip('>').strip() for l in s.group(0).splitlines()).strip() if s else '')
     return '', ''
 
 # %% ../nbs/09_docsite.ipynb #5b4c4bdf
@@ -230,7 +230,7 @@ def sidebar(course:list, # `Page`s (or (file, title) pairs) of every page, in re
     return ('<aside class="mm-sidebar"><a href="index.html"><b>mmpo-nb</b></a> &middot; <a href="contents.html">contents</a>'
             f'{"".join(blocks)}</aside>')
 
-# %% ../nbs/09_docsite.ipynb #7028e23f
+# %% ../nbs/09_docsite.ipynb #f5a64e0d
 _WIDGET_MIME = 'application/vnd.jupyter.widget-view+json'
 
 def _clean_for_docs(nb, failed:list|None=None)->dict:
@@ -257,7 +257,8 @@ def _clean_for_docs(nb, failed:list|None=None)->dict:
             keep.append(c)
         else: keep.append(dict(c, metadata={}, source=tex_to_mathml(c.source, failed) if c.cell_type == 'markdown' else c.source))
     title = next((i for i,c in enumerate(keep) if c['cell_type'] == 'markdown' and re.search(r'^#\s', c['source'], re.M)), 0)
-    keep.insert(0, keep.pop(title))  # the title and summary open the page, before the imports cell
+    keep.insert(0, keep.pop(title))  # the title and summary open the page, before the imports cell ...
+    if title + 1 < len(keep) and keep[title + 1]['cell_type'] == 'markdown': keep.insert(1, keep.pop(title + 1))   # ... then what it teaches
     d = nb2dict(nb); d['cells'] = [{k:v for k,v in c.items() if not k.endswith('_')} for c in keep]
     d['metadata'] = {'kernelspec': {'name': 'python3', 'display_name': 'Python 3', 'language': 'python'},
                      'language_info': {'name': 'python'}}

@@ -498,7 +498,7 @@ def plot_sentence_weights(df:pd.DataFrame, # from `sentence_weight_table`
                 bbox=dict(boxstyle='round,pad=0.3', fc=cm(0.15 + 0.75*float(r['w'])), ec='firebrick' if bad else 'none', lw=1.5))
         y -= (txt.count('\n') + 1) / (n*1.6 + 1)
     cols = [c for c in ("S'", "PPL'", 'w', 'log-ratio', 'label') if c in df]
-    cells = [[f"{v:.2f}" if isinstance(v, float) else str(v) for v in df[cols].iloc[i]] for i in range(n)]
+    cells = [[f"{v:.2f}" if isinstance(v, (float, np.floating)) else str(v) for v in df[cols].iloc[i]] for i in range(n)]
     t = axt.table(cellText=cells, colLabels=cols, rowLabels=[f'[{i}]' for i in range(n)], loc='upper center',
                   cellColours=[[cm(0.15 + 0.75*float(df['w'].iloc[i])) if c == 'w' else 'white' for c in cols] for i in range(n)])
     t.auto_set_font_size(False); t.set_fontsize(8)

@@ -258,10 +258,6 @@ def markdown_table(rows:list[dict])->str:
     return '\n'.join(lines + ['| ' + ' | '.join(_fmt(r.get(c)) for c in cols) + ' |' for r in rows])
 
 # %% ../nbs/09a_demo.ipynb #358a6119
-def _png_data_uri(fig)->str:
-    buf = io.BytesIO(); fig.savefig(buf, format='png', dpi=110, bbox_inches='tight')
-    return 'data:image/png;base64,' + base64.b64encode(buf.getvalue()).decode()
-
 def _cell(v)->str:
     if isinstance(v, float): return '' if math.isnan(v) else f'{v:.3f}'
     return str(v)
@@ -305,8 +301,10 @@ def write_report(summary:dict, # the run's `summary.json`
         if caption: md += [caption, '']; page += [f'<p class="caption">{_html.escape(caption)}</p>']
         for o in (obj if isinstance(obj, (list, tuple)) else [obj]):
             if hasattr(o, 'savefig'):
-                png = folder/f'figure_{n}.png'; n += 1; o.savefig(png, dpi=110, bbox_inches='tight')
-                md += [f'![{title}]({png.name})', '']; page += [f'<img alt="{_html.escape(title)}" src="{_png_data_uri(o)}">']
+                buf = io.BytesIO(); o.savefig(buf, format='png', dpi=110, bbox_inches='tight')   # drawn once: file and inline copy
+                png = folder/f'figure_{n}.png'; n += 1; png.write_bytes(buf.getvalue())
+                md += [f'![{title}]({png.name})', '']
+                page += [f'<img alt="{_html.escape(title)}" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">']
             else: md += [_df_markdown(o), '']; page += [_df_html(o)]
     md += ['## Stages', '', '| stage | seconds | peak RSS (MB) |', '|---|---|---|',
            *[f'| {s} | {t:.0f} | {r:.0f} |' for s, t, r in timing if t is not None], '']

@@ -29,11 +29,13 @@ from .miadpo import MIADPOConfig, miadpo_dataset
 from .train import PreferenceConfig, train_preference
 
 # %% auto #0
-__all__ = ['EVAL_KEYS', 'PREFERENCE_RUNS', 'REPORT_COLUMNS', 'STAGES', 'DemoConfig', 'stage_output', 'stage_data', 'stage_clip',
-           'eval_model', 'stage_sft', 'stage_sae', 'error_types_of_picks', 'stage_select', 'stage_pairs',
-           'with_selection', 'stage_misp_data', 'stage_aspo_data', 'stage_miadpo_data', 'preference_stage',
-           'results_table', 'markdown_table', 'write_report', 'Stage', 'stage_report', 'plan_stages', 'stage_progress',
-           'peak_rss_mb', 'tree_pss_mb', 'run_stage', 'run_graph', 'run_demo', 'find_demo_run']
+__all__ = ['EVAL_KEYS', 'PREFERENCE_RUNS', 'REPORT_COLUMNS', 'REPORT_SECTIONS', 'STAGES', 'DemoConfig', 'stage_output',
+           'stage_data', 'stage_clip', 'eval_model', 'stage_sft', 'stage_sae', 'error_types_of_picks', 'stage_select',
+           'stage_pairs', 'with_selection', 'stage_misp_data', 'stage_aspo_data', 'stage_miadpo_data',
+           'preference_stage', 'results_table', 'markdown_table', 'write_report', 'negative_map_section',
+           'attribution_section', 'sentence_weight_section', 'report_sections', 'make_report', 'Stage', 'stage_report',
+           'plan_stages', 'stage_progress', 'peak_rss_mb', 'tree_pss_mb', 'run_stage', 'run_graph', 'run_demo',
+           'find_demo_run']
 
 # %% ../nbs/09a_demo.ipynb #10ac6e5f
 @dataclass
@@ -256,43 +258,172 @@ def markdown_table(rows:list[dict])->str:
     return '\n'.join(lines + ['| ' + ' | '.join(_fmt(r.get(c)) for c in cols) + ' |' for r in rows])
 
 # %% ../nbs/09a_demo.ipynb #358a6119
-def _png_data_uri(fig)->str:
-    buf = io.BytesIO(); fig.savefig(buf, format='png', dpi=110, bbox_inches='tight')
-    return 'data:image/png;base64,' + base64.b64encode(buf.getvalue()).decode()
+def _cell(v)->str:
+    if isinstance(v, float): return '' if math.isnan(v) else f'{v:.3f}'
+    return str(v)
+
+def _df_markdown(df)->str:
+    "A small table (a pandas DataFrame; its index is dropped) as Markdown, floats to 3 decimals."
+    cols = [str(c) for c in df.columns]
+    return '\n'.join(['| ' + ' | '.join(cols) + ' |', '|' + '---|' * len(cols)] +
+                     ['| ' + ' | '.join(_cell(v).replace('|', '\\|') for v in r) + ' |' for r in df.itertuples(index=False)])
+
+def _df_html(df)->str:
+    import html as _html
+    head = ''.join(f'<th>{_html.escape(str(c))}</th>' for c in df.columns)
+    body = ''.join('<tr>' + ''.join(f'<td>{_html.escape(_cell(v))}</td>' for v in r) + '</tr>' for r in df.itertuples(index=False))
+    return f'<table><tr>{head}</tr>{body}</table>'
 
 def write_report(summary:dict, # the run's `summary.json`
                  folder:Path, # where report.md / report.html go
                  figures:dict|None=None, # title -> matplotlib Figure (inlined in the HTML, saved as PNG beside the Markdown)
                  notes:str='', # Markdown paragraphs after the table
+                 sections:list|None=None, # (title, Figure | DataFrame | list of them, caption) before the figures
                 )->dict:
-    "Write `report.md` and a self-contained `report.html` with the results table, the figures and the stage timings."
+    "Write `report.md` and a self-contained `report.html`: the results table, the sections, the figures and the stage timings."
     import html as _html
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob('figure_*.png'): old.unlink()
     rows, figures = results_table(summary), figures or {}
+    items = [*(sections or []), *((t, f, '') for t, f in figures.items())]
     timing = [(s, m.get(f'{s}/seconds'), m.get(f'{s}/peak_rss_mb', 0)) for s, m in summary.items() if s != 'report']
-    md = ['# mmpo demo report', '', '## Hallucination of every model on the same held-out scenes', '', markdown_table(rows), '',
-          notes, '', '## Stages', '', '| stage | seconds | peak RSS (MB) |', '|---|---|---|',
-          *[f'| {s} | {t:.0f} | {r:.0f} |' for s, t, r in timing if t is not None], '']
+    md = ['# mmpo demo report', '', '## Hallucination of every model on the same held-out scenes', '', markdown_table(rows), '', notes, '']
     page = ['<!doctype html><html><head><meta charset="utf-8"><title>mmpo demo report</title><style>',
-            'body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}'
-            'table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}'
-            'td:first-child,th:first-child{text-align:left}img{max-width:100%}</style></head><body>',
+            'body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;line-height:1.4}'
+            'table{border-collapse:collapse;font-size:13px;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}'
+            'td:first-child,th:first-child{text-align:left}img{max-width:100%;display:block;margin:.5em 0}'
+            'p.caption{color:#333;max-width:60em}</style></head><body>',
             '<h1>mmpo demo report</h1><h2>Hallucination of every model on the same held-out scenes</h2>', _md_table_html(rows),
-            f'<div>{_html.escape(notes)}</div>']
-    for i, (title, fig) in enumerate(figures.items()):
-        png = folder/f'figure_{i}.png'; fig.savefig(png, dpi=110, bbox_inches='tight')
-        md += [f'## {title}', '', f'![{title}]({png.name})', '']
-        page += [f'<h2>{_html.escape(title)}</h2><img alt="{_html.escape(title)}" src="{_png_data_uri(fig)}">']
+            f'<p>{_html.escape(notes)}</p>']
+    n = 0
+    for title, obj, caption in items:
+        md += [f'## {title}', '']; page += [f'<h2>{_html.escape(title)}</h2>']
+        if caption: md += [caption, '']; page += [f'<p class="caption">{_html.escape(caption)}</p>']
+        for o in (obj if isinstance(obj, (list, tuple)) else [obj]):
+            if hasattr(o, 'savefig'):
+                buf = io.BytesIO(); o.savefig(buf, format='png', dpi=110, bbox_inches='tight')   # drawn once: file and inline copy
+                png = folder/f'figure_{n}.png'; n += 1; png.write_bytes(buf.getvalue())
+                md += [f'![{title}]({png.name})', '']
+                page += [f'<img alt="{_html.escape(title)}" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">']
+            else: md += [_df_markdown(o), '']; page += [_df_html(o)]
+    md += ['## Stages', '', '| stage | seconds | peak RSS (MB) |', '|---|---|---|',
+           *[f'| {s} | {t:.0f} | {r:.0f} |' for s, t, r in timing if t is not None], '']
     page += ['<h2>Stages</h2><table><tr><th>stage</th><th>seconds</th><th>peak RSS (MB)</th></tr>',
              *[f'<tr><td>{s}</td><td>{t:.0f}</td><td>{r:.0f}</td></tr>' for s, t, r in timing if t is not None], '</table></body></html>']
     (folder/'report.md').write_text('\n'.join(md)); (folder/'report.html').write_text('\n'.join(page))
-    return {'report/markdown': str(folder/'report.md'), 'report/html': str(folder/'report.html'), 'report/models': len(rows)}
+    return {'report/markdown': str(folder/'report.md'), 'report/html': str(folder/'report.html'), 'report/models': len(rows),
+            'report/figures': n}
 
 def _md_table_html(rows:list[dict])->str:
     cols = ['model'] + [c for _, c in REPORT_COLUMNS]
     head = ''.join(f'<th>{c}</th>' for c in cols)
     body = ''.join('<tr>' + ''.join(f'<td>{_fmt(r.get(c))}</td>' for c in cols) + '</tr>' for r in rows)
     return f'<table><tr>{head}</tr>{body}</table>'
+
+# %% ../nbs/09a_demo.ipynb #556d82f0
+def _out(run:Path, stage:str, key:str)->str: return stage_output(Path(run)/'report', stage, key)
+
+def negative_map_section(cfg:DemoConfig, run:Path, # the demo run folder
+                         queries:int=30, # training rows whose pools are drawn (an even spread over the table)
+                        )->tuple: # (title, figure, caption)
+    "The negative-diversity map of MISP's and random picks over the same CLIP pools, from the run's SAE and cached CLIP embeddings."
+    import torch
+    from mmpo_nb.sae import SAE
+    from mmpo_nb.selection import _embed_dataset, _find_cache
+    from mmpo_nb.viz import negative_map_data, embed_2d, plot_negative_map, pick_spread
+    sae_dir = _out(run, 'sae', 'sae/folder')
+    emb = _embed_dataset(_out(run, 'data', 'data/train'), _out(run, 'clip', 'clip/checkpoint'), cfg.clip.model, 128, 'cpu', False,
+                         cache=_find_cache(sae_dir))                        # the SAE stage's embeddings: no CLIP pass
+    q = torch.linspace(0, len(emb.own) - 1, min(queries, len(emb.own))).round().long().unique()
+    data = negative_map_data(SAE.load(sae_dir).cpu().eval(), emb.gallery[emb.own[q]], emb.txt[q], emb.gallery, exclude=emb.own[q],
+                             k=cfg.k, pool_size=cfg.pool_size, seed=cfg.seed)
+    xy = embed_2d(data.features['sae codes'], 'tsne', 30, seed=cfg.seed)
+    sae_s, clip_s = pick_spread(data, 'sae codes'), pick_spread(data, 'clip differences')
+    fig = plot_negative_map(data, xy, title=f'{data.B} training rows, {data.M} candidates each (t-SNE of SAE codes)')
+    cap = (f"Each point is a candidate negative of one of {data.B} training rows ({len(data)} points): the {data.M} gallery images "
+           f"nearest to the row's image in CLIP space, placed by t-SNE of the SAE code of its difference to the positive. Left: the "
+           f"K = {data.K} negatives MISP picks per row (colour: SAE score s_i); right: K random negatives from the same pools. Mean "
+           f"pairwise cosine distance between a row's picks, SAE codes: MISP {sae_s['misp']:.3f}, random {sae_s['random']:.3f}; "
+           f"CLIP differences: MISP {clip_s['misp']:.3f}, random {clip_s['random']:.3f}.")
+    return 'Negative-diversity map: MISP vs random multi-negatives', fig, cap
+
+def attribution_section(cfg:DemoConfig, run:Path)->tuple: # (title, table, caption)
+    "Which SAE latent means which ground-truth error type, measured on the held-out scenes' difference pairs."
+    from mmpo_nb.sae import SAE
+    from mmpo_nb.clip import load_clip, embed_texts
+    from mmpo_nb.viz import pair_store, toy_vocabulary, name_latents, summarize_latents, attribution_table
+    ckpt, sae = _out(run, 'clip', 'clip/checkpoint'), SAE.load(_out(run, 'sae', 'sae/folder')).cpu().eval()
+    store = pair_store(_out(run, 'data', 'data/eval'), ckpt, cfg.clip.model, pool_size=cfg.pool_size, with_images=False)
+    words = toy_vocabulary()
+    names = name_latents(sae, embed_texts(load_clip(cfg.clip.model, ckpt, device='cpu'), words), words, store.txt.mean(0))
+    t = attribution_table(summarize_latents(sae, store, names), store)
+    cov = ', '.join(f'{g} {c:.2f}' for g, c in t.attrs['coverage'].items())
+    t = t.assign(fires=[f'{100 * f:.1f}%' if f == f else '' for f in t['fires']]).rename(columns={'fires': 'fires on', 'best AUROC, other types': 'AUROC, next type'})
+    cap = (f"Held-out scenes: {len(store)} (positive, negative) pairs, each image against its own single-factor edits and its "
+           f"{cfg.pool_size} CLIP-nearest gallery images. Per ground-truth difference type, the SAE latent with the highest AUROC "
+           "on the own edits (exactly one factor differs), its name (the vocabulary words nearest to +/- its decoder's image "
+           "direction: what the positive / the negative shows more of), how often it fires, its AUROC on both groups of pairs "
+           "(0.5 = chance, 1 = perfect detector), and its best AUROC on any other type (high: not specific). Latent -1: no own "
+           f"edit changes that type. Factor coverage (share of types with AUROC >= 0.9): {cov}.")
+    return 'Latent attribution: which SAE latent means which visual error', t, cap
+
+def sentence_weight_section(cfg:DemoConfig, run:Path, examples:int=3)->tuple: # (title, [table, figures...], caption)
+    "ASPO's sentence weights against the ground truth: mean weight per label over every row, and a few rows drawn."
+    import pyarrow.parquet as pq
+    from mmpo_nb.viz import aspo_row_stats, sentence_weight_table, weights_by_label, plot_sentence_weights
+    p = Path(_out(run, 'aspo_data', 'aspo_data/data'))
+    rows = pq.read_table(p/'data.parquet' if p.is_dir() else p,
+                         columns=['question', 'chosen', 'sent_clip_sims', 'sent_ppls', 'sent_weights', 'chosen_labels']).to_pylist()
+    alpha = ASPOConfig().alpha
+    by = weights_by_label(rows, alpha).reset_index(names='label')
+    mixed = [i for i, r in enumerate(rows) if 'ok' in r['chosen_labels'] and any(l != 'ok' for l in r['chosen_labels'])]
+    pick = (mixed + [i for i in range(len(rows)) if i not in mixed])[:examples]
+    figs = [plot_sentence_weights(sentence_weight_table(aspo_row_stats(rows[i]), rows[i]['chosen_labels'], alpha),
+                                  title=f"ASPO row {i}: {rows[i]['question']}") for i in pick]
+    w = by.set_index('label')['w']
+    cap = (f"ASPO weights each sentence of the chosen answer by w = {alpha:g} S' + {1 - alpha:g} PPL' (S': min-max normalised "
+           "CLIP similarity of sentence and image, PPL': min-max normalised negated perplexity under the SFT policy). Over all "
+           f"{len(rows)} ASPO rows: mean w of the sentences the toy world's ground truth marks hallucinated "
+           f"{w.get('hallucinated', float('nan')):.3f}, of the correct ones {w.get('ok', float('nan')):.3f} (per label in the table). "
+           "Below, rows with both kinds of sentence; hallucinated sentences are red and boxed, shading is w.")
+    return "Sentence weights: ASPO's per-sentence weights against the ground truth", [by, *figs], cap
+
+REPORT_SECTIONS = {   # report section -> (the stages it reads, the function that makes it)
+    'negative map': (('data', 'clip', 'sae', 'select'), negative_map_section),
+    'latent attribution': (('data', 'clip', 'sae'), attribution_section),
+    'sentence weights': (('aspo_data',), sentence_weight_section),
+}
+
+def report_sections(cfg:DemoConfig, run:Path)->tuple: # (sections for `write_report`, names of those left out)
+    "The report's sections whose stages have finished in `run`."
+    done = {p.parent.name for p in Path(run).glob('*/stage.json')}
+    out, skipped = [], []
+    for name, (needs, fn) in REPORT_SECTIONS.items():
+        if set(needs) <= done: out.append(fn(cfg, Path(run)))
+        else: skipped.append(name)
+    return out, skipped
+
+def make_report(cfg:DemoConfig, folder:Path, # the report stage's folder, `<run>/report`
+                echo:Callable[[str], None]=print, # where the results table goes at the end
+               )->dict:
+    "Write the report of the run that `folder` lies in (results table, sections, training curves, stage timings); echo the table."
+    from mmpo_nb.viz import read_run_log, plot_training
+    import matplotlib.pyplot as plt
+    t0, run = time.process_time(), Path(folder).parent
+    summary = {p.parent.name: json.loads(p.read_text()) for p in sorted(run.glob('*/stage.json')) if p.parent.name != 'report'}
+    summary = {k: summary[k] for k in [*STAGES, *summary] if k in summary}
+    sections, skipped = report_sections(cfg, run)
+    figures = {f'Training curves: {n}': plot_training(read_run_log(run/n/'run'), title=n)
+               for n in PREFERENCE_RUNS if (run/n/'run'/'log.jsonl').exists()}
+    sel = summary.get('select', {})
+    notes = ('' if 'select/misp/error_types' not in sel else
+             f"MISP selection: the K negatives of a row cover {sel['select/misp/error_types']:.2f} ground-truth error types on "
+             f"average, random multi-negatives from the same pools {sel['select/random/error_types']:.2f}.")
+    if skipped: notes += f" Not in this report (their stages have not run): {', '.join(skipped)}."
+    out = write_report(summary, folder, figures=figures, notes=notes.strip(), sections=sections)
+    plt.close('all')
+    echo(markdown_table(results_table(summary)))
+    return {**out, 'report/sections': len(sections), 'report/cpu_seconds': round(time.process_time() - t0, 2)}
 
 # %% ../nbs/09a_demo.ipynb #b77a2e18
 @dataclass(frozen=True)
@@ -303,20 +434,7 @@ class Stage:
 
 def stage_report(cfg:DemoConfig, folder:Path)->dict:
     "Write the report (Markdown + self-contained HTML) from every finished stage, and print the results table."
-    summary = {p.parent.name: json.loads(p.read_text()) for p in sorted(folder.parent.glob('*/stage.json')) if p.parent.name != 'report'}
-    summary = {k: summary[k] for k in [*STAGES, *summary] if k in summary}
-    from mmpo_nb.viz import read_run_log, plot_training
-    import matplotlib.pyplot as plt
-    figures = {f'Training curves: {n}': plot_training(read_run_log(folder.parent/n/'run'), title=n)
-               for n in PREFERENCE_RUNS if (folder.parent/n/'run'/'log.jsonl').exists()}
-    sel = summary.get('select', {})
-    notes = ('' if 'select/misp/error_types' not in sel else
-             f"MISP selection: the K negatives of a row cover {sel['select/misp/error_types']:.2f} ground-truth error types on "
-             f"average, random multi-negatives from the same pools {sel['select/random/error_types']:.2f}.")
-    out = write_report(summary, folder, figures=figures, notes=notes)
-    for f in figures.values(): plt.close(f)
-    print(markdown_table(results_table(summary)))
-    return out
+    return make_report(cfg, folder)
 
 STAGES:dict[str, Stage] = {
     'data': Stage(stage_data),

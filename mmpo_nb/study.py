@@ -355,7 +355,7 @@ def run_study(cfg:StudyConfig, jobs:int=2, # tasks at a time, each in a forked s
     failed, peak = run_graph(tasks, todo, lambda n: run_task(cfg, tasks, n), folder, jobs=jobs, log=log, poll=poll, desc='mmpo study')
     if failed: raise RuntimeError(f"study task(s) failed: {failed}; logs in {folder}/<task>/log.txt")
     res = summarize_study(cfg)
-    res['figures'] = [p.name for p in write_figures(cfg)]
+    res['figures'] = [p.name for p in write_figures(cfg, res)]
     _write_json(folder/'results.json', res)
     return res
 
@@ -529,16 +529,21 @@ def save_results(study_folder, # a finished study (`results.json`)
     return dest
 
 # %% ../nbs/10a_study.ipynb #c266c8b3
-def write_figures(cfg:StudyConfig)->list[Path]:
-    "Save the training curves (`viz.plot_history`) of each arm's seed-0 test run (its chosen tuning run) as `curves.png`."
-    from mmpo_nb.viz import plot_history
+def write_figures(cfg:StudyConfig, res:dict|None=None, # the study's results (`summarize_study`); None: curves only
+                 )->list[Path]:
+    "Save each arm against SFT and the MISP-DPO sweep (`viz.plot_study`) as `study.png`, and the training curves as `curves.png`."
+    from mmpo_nb.viz import plot_history, plot_study
     import matplotlib.pyplot as plt
+    out = []
+    if res is not None and res.get('table'):
+        fig = plot_study(res, title=f"{res['config']['seeds']} seeds, {res['config']['test_n']} test scenes" if 'config' in res else '')
+        fig.savefig(cfg.folder/'study.png', dpi=90, bbox_inches='tight'); plt.close(fig); out.append(cfg.folder/'study.png')
     hist = {}
     for a in cfg.arms:
         t = cfg.folder/f'test/{a}/s0'/'stage.json'
         if t.exists() and (h := [r for r in read_log(cfg.folder/f"tune/{a}/{json.loads(t.read_text())['grid_index']}/run") if 'loss/total' in r]):
             hist[a] = h
-    if not hist: return []
-    fig = plot_history(hist, keys=('logps/chosen', 'loss/total'))
-    out = cfg.folder/'curves.png'; fig.savefig(out, dpi=90, bbox_inches='tight'); plt.close(fig)
-    return [out]
+    if hist:
+        fig = plot_history(hist, keys=('logps/chosen', 'loss/total'))
+        fig.savefig(cfg.folder/'curves.png', dpi=90, bbox_inches='tight'); plt.close(fig); out.append(cfg.folder/'curves.png')
+    return out

@@ -26,10 +26,11 @@ from .objectives import aspo_weights
 __all__ = ['PANELS', 'figure_png', 'image_png', 'plot_feature_density', 'plot_history', 'PairStore', 'pair_factors', 'pair_store',
            'LatentSummary', 'summarize_latents', 'decoder_singular_pairs', 'toy_vocabulary', 'name_latents',
            'plot_latent_hist', 'plot_latent_auroc', 'plot_top_pairs', 'plot_latent', 'latent_stats_svg',
-           'NegativeMapData', 'negative_map_data', 'embed_2d', 'EmbeddingCache', 'plot_negative_map', 'sentence_stats',
-           'sentence_weight_table', 'plot_sentence_weights', 'read_run_log', 'panel_columns', 'plot_training',
-           'image_logps', 'preference_distribution', 'plot_preference_distribution', 'show_augmented',
-           'plot_rule_quality']
+           'own_edit_mask', 'attribution_table', 'NegativeMapData', 'negative_map_data', 'embed_2d', 'EmbeddingCache',
+           'plot_negative_map', 'pick_spread', 'sentence_stats', 'sentence_weight_table', 'plot_sentence_weights',
+           'aspo_row_stats', 'weights_by_label', 'read_run_log', 'panel_columns', 'plot_training', 'image_logps',
+           'preference_distribution', 'plot_preference_distribution', 'show_augmented', 'plot_rule_quality',
+           'study_points', 'plot_study']
 
 # %% ../nbs/08_viz.ipynb #ca5c7f63
 def figure_png(fig:Figure, dpi:int=80, close:bool=True)->bytes:
@@ -308,6 +309,39 @@ def latent_stats_svg(summ:LatentSummary, k:int, width:int=300, height:int=150)->
                    f'<line x1="{(x0 + x1)/2}" y1="16" x2="{(x0 + x1)/2}" y2="{H2 - 8}" stroke="#000" stroke-width="0.5"/></svg>')
     return ''.join(out)
 
+# %% ../nbs/08_viz.ipynb #13bb0461
+def own_edit_mask(store:PairStore)->torch.Tensor: # (N,) bool
+    "Pairs whose negative is one of the positive's own single-factor edits (toy ids `<scene>~<factor><n>`)."
+    own = [store.ids[int(store.own[q])] for q in store.query.tolist()]
+    return torch.tensor([store.ids[int(j)].startswith(o + '~') for o, j in zip(own, store.neg.tolist())], dtype=torch.bool)
+
+def attribution_table(summ:LatentSummary, # codes of the store's pairs (`summarize_latents`)
+                      store:PairStore, # the same pairs, with ground-truth factors
+                      groups:dict|None=None, # name -> (N,) bool mask; the first group with evaluable factors picks each latent
+                      threshold:float=0.9, # AUROC for a factor to count as covered
+                     )->pd.DataFrame: # one row per factor; `attrs['coverage']`: group -> share of factors covered
+    "Per ground-truth factor: its best latent, the latent's name and firing rate, and its AUROC on each group of pairs."
+    if store.factors is None: raise DataError("the pair store has no ground-truth factors (not a toy-world dataset)")
+    if groups is None: m = own_edit_mask(store); groups = {'own edits': m, 'CLIP pools': ~m}
+    att = {}
+    for g, m in groups.items():
+        try: att[g] = attribute_latents(summ.codes[m], store.factors[m], store.factor_names, threshold)
+        except ValueError: att[g] = None                  # no pairs, or every factor present in all of them or none
+    lead = next((g for g, a in att.items() if a is not None), None)
+    if lead is None: raise DataError(f"no group of pairs has a factor that some pairs show and others do not: {list(groups)}")
+    rows = []
+    for f, name in enumerate(store.factor_names):
+        k = int(att[lead].best_latent[f])
+        r = {'error type': name, **{f'pairs ({g})': int(store.factors[m][:, f].sum()) for g, m in groups.items()},
+             'latent': k, 'name': summ.names[k] if k >= 0 else '', 'fires': float(summ.freq[k]) if k >= 0 else math.nan}
+        for g, a in att.items(): r[f'AUROC ({g})'] = float(a.auroc[k, f]) if k >= 0 and a is not None else math.nan
+        other = [float(att[lead].auroc[k, j]) for j in range(len(store.factor_names)) if j != f and k >= 0]
+        r['best AUROC, other types'] = max([x for x in other if not math.isnan(x)], default=math.nan)
+        rows.append(r)
+    df = pd.DataFrame(rows)
+    df.attrs['coverage'] = {g: a.coverage for g, a in att.items() if a is not None}
+    return df
+
 # %% ../nbs/08_viz.ipynb #2e4d3774
 @dataclass
 class NegativeMapData:
@@ -397,6 +431,20 @@ def plot_negative_map(data:NegativeMapData, xy:np.ndarray, # (P, 2) from `embed_
     if title: fig.suptitle(title, fontsize=10)
     return fig
 
+# %% ../nbs/08_viz.ipynb #ab04fd2c
+def pick_spread(data:NegativeMapData, feature:str='sae codes')->dict: # 'misp' / 'random' -> mean pairwise cosine distance
+    "Mean pairwise cosine distance between each query's K picks (MISP and random), averaged over queries."
+    if feature not in data.features: raise DataError(f"unknown feature {feature!r}; choose from {list(data.features)}")
+    x = torch.nn.functional.normalize(data.features[feature].float(), dim=-1).reshape(data.B, data.M, -1)
+    out = {}
+    for name, mask in (('misp', data.misp), ('random', data.random)):
+        m, vals = mask.reshape(data.B, data.M), []
+        for b in range(data.B):
+            p = x[b][m[b]]
+            if len(p) > 1: vals.append((1 - p @ p.T).sum() / (len(p) * (len(p) - 1)))   # the diagonal is 0
+        out[name] = float(torch.stack(vals).mean()) if vals else math.nan
+    return out
+
 # %% ../nbs/08_viz.ipynb #6996d39d
 @torch.no_grad()
 def sentence_stats(clip, # `clip.Clip` for S_i
@@ -450,12 +498,35 @@ def plot_sentence_weights(df:pd.DataFrame, # from `sentence_weight_table`
                 bbox=dict(boxstyle='round,pad=0.3', fc=cm(0.15 + 0.75*float(r['w'])), ec='firebrick' if bad else 'none', lw=1.5))
         y -= (txt.count('\n') + 1) / (n*1.6 + 1)
     cols = [c for c in ("S'", "PPL'", 'w', 'log-ratio', 'label') if c in df]
-    cells = [[f"{v:.2f}" if isinstance(v, float) else str(v) for v in df[cols].iloc[i]] for i in range(n)]
+    cells = [[f"{v:.2f}" if isinstance(v, (float, np.floating)) else str(v) for v in df[cols].iloc[i]] for i in range(n)]
     t = axt.table(cellText=cells, colLabels=cols, rowLabels=[f'[{i}]' for i in range(n)], loc='upper center',
                   cellColours=[[cm(0.15 + 0.75*float(df['w'].iloc[i])) if c == 'w' else 'white' for c in cols] for i in range(n)])
     t.auto_set_font_size(False); t.set_fontsize(8)
     if title: fig.suptitle(title, fontsize=10)
     return fig
+
+# %% ../nbs/08_viz.ipynb #c10b3945
+def aspo_row_stats(row:dict, # a stored ASPO row: chosen, sent_clip_sims, sent_ppls (`aspo.aspo_dataset`)
+                  )->dict: # as `sentence_stats`, without log-probs
+    "The per-sentence inputs of a stored ASPO row, for `sentence_weight_table` (no model needed)."
+    from mmpo_nb.text import sentence_spans
+    sents = [row['chosen'][s:e] for s, e in sentence_spans(row['chosen'])]
+    if len(sents) != len(row['sent_clip_sims']) or len(sents) != len(row['sent_ppls']):
+        raise DataError(f"the chosen answer has {len(sents)} sentences but the row stores {len(row['sent_clip_sims'])} similarities "
+                        f"and {len(row['sent_ppls'])} perplexities")
+    return dict(sentences=sents, clip_sims=torch.tensor(row['sent_clip_sims']), ppls=torch.tensor(row['sent_ppls']), logps=None, ref_logps=None)
+
+def weights_by_label(rows:list, # stored ASPO rows with `chosen_labels`
+                     alpha:float=0.5)->pd.DataFrame: # index: label, 'hallucinated' (every label but 'ok') and 'ok'
+    "Mean ASPO weight w, S' and PPL' of the chosen sentences per ground-truth label."
+    tabs = [sentence_weight_table(aspo_row_stats(r), r['chosen_labels'], alpha) for r in rows]
+    if not tabs: raise DataError("no ASPO rows")
+    t = pd.concat(tabs, ignore_index=True)
+    agg = lambda d: pd.Series({'sentences': len(d), 'w': d['w'].mean(), "S'": d["S'"].mean(), "PPL'": d["PPL'"].mean()})
+    per = t.groupby('label')[['w', "S'", "PPL'"]].apply(agg)
+    bad = t[t['label'] != 'ok']
+    return pd.concat([per.drop(index='ok', errors='ignore'), pd.DataFrame({'hallucinated': agg(bad)}).T if len(bad) else None,
+                      pd.DataFrame({'ok': agg(t[t['label'] == 'ok'])}).T]).astype({'sentences': int})
 
 # %% ../nbs/08_viz.ipynb #d4a2c442
 PANELS = {'loss': ('loss/',), 'rewards': ('rewards/chosen', 'rewards/rejected'), 'margins': ('rewards/margins',),
@@ -584,3 +655,55 @@ def plot_rule_quality(table:'pd.DataFrame', group:str='all'):
     axs[0].legend(fontsize=7); fig.tight_layout()
     return fig
 
+
+# %% ../nbs/08_viz.ipynb #3306faf6
+def _t_ci(xs)->tuple: # mean, half-width of the 95% t-CI (NaN with one value)
+    from scipy import stats as sps
+    x = np.asarray([v for v in xs if v is not None], dtype=float)
+    if not len(x): return math.nan, math.nan
+    if len(x) == 1: return float(x[0]), math.nan
+    return float(x.mean()), float(sps.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
+
+def study_points(results:dict, # `mmpo study`'s results.json: 'table' (arm -> metrics: key -> [mean, half-width]) and 'sweep'
+                 keys=('pope/adversarial/acc', 'chair/i'), # metrics of the arm panels
+                 sweep_key:str='pope/adversarial/acc')->dict:
+    "The numbers `plot_study` draws: per metric the arms' means and CI half-widths and SFT's; the K and β sweeps (mean, half-width)."
+    tab = results.get('table') or {}
+    if 'sft' not in tab: raise DataError("the study results have no 'sft' row in 'table'")
+    arms = [a for a in tab if a != 'sft']
+    nan2 = lambda v: (math.nan, math.nan) if v is None else (float(v[0]), math.nan if v[1] is None else float(v[1]))
+    out = {'arms': arms, 'metrics': {k: {'mean': [nan2(tab[a]['metrics'].get(k))[0] for a in arms],
+                                         'ci': [nan2(tab[a]['metrics'].get(k))[1] for a in arms],
+                                         'sft': nan2(tab['sft']['metrics'].get(k))} for k in keys}}
+    sw = [r for r in results.get('sweep') or [] if r.get(sweep_key) is not None]
+    k_max = max((r['k'] for r in sw), default=None)
+    def agg(pts, x): return [(v, *_t_ci([r[sweep_key] for r in pts if x(r) == v])) for v in sorted({x(r) for r in pts})]
+    out['sweep_k'] = agg([r for r in sw if r.get('beta') is None], lambda r: r['k'])        # (K, mean, half-width) at the default β
+    out['sweep_beta'] = agg([r for r in sw if r.get('beta') is not None and r['k'] == k_max], lambda r: r['beta'])   # (β, ...) at K max
+    out['k_max'], out['sweep_key'] = k_max, sweep_key
+    return out
+
+def plot_study(results:dict, # `mmpo study`'s results.json (see `study_points`)
+               keys=('pope/adversarial/acc', 'chair/i'), sweep_key:str='pope/adversarial/acc', title:str='')->Figure:
+    "Each arm's mean ± 95% CI against SFT for each metric, and the MISP-DPO sweep over K and β (when the study ran it)."
+    p = study_points(results, keys, sweep_key)
+    sweeps = [(n, pts) for n, pts in (('K', p['sweep_k']), ('β', p['sweep_beta'])) if pts]
+    fig, axs = plt.subplots(1, len(keys) + len(sweeps), figsize=(4.2*(len(keys) + len(sweeps)), 3.6), squeeze=False)
+    axs, x = axs[0], np.arange(len(p['arms']))
+    for ax, k in zip(axs, keys):
+        m = p['metrics'][k]; ci = np.nan_to_num(np.asarray(m['ci'], dtype=float))
+        ax.errorbar(x, m['mean'], yerr=ci, fmt='o', capsize=3, color='C0', label='arm (95% CI)')
+        s, h = m['sft']
+        ax.axhline(s, color='0.4', ls='--', label='SFT')
+        if not math.isnan(h): ax.axhspan(s - h, s + h, color='0.85', zorder=0)
+        ax.set_xticks(x, p['arms'], rotation=40, ha='right', fontsize=8); ax.set_xlim(-0.5, len(x) - 0.5); ax.legend(fontsize=7)
+        ax.set_title(k + (' (lower is better)' if k.startswith(('chair', 'unparsable')) else ''), fontsize=9)
+    for ax, (n, pts) in zip(axs[len(keys):], sweeps):
+        v, mu, h = map(np.asarray, zip(*pts))
+        ax.errorbar(v, mu, yerr=np.nan_to_num(h.astype(float)), fmt='o-', capsize=3, color='C1')
+        if sweep_key in p['metrics']: ax.axhline(p['metrics'][sweep_key]['sft'][0], color='0.4', ls='--', label='SFT'); ax.legend(fontsize=7)
+        ax.set_xlabel(n if n == 'K' else 'β'); ax.set_title(f"MISP-DPO sweep: {sweep_key}" + (' (default β)' if n == 'K' else f" (K={p['k_max']})"), fontsize=9)
+        if n == 'K': ax.set_xticks(v)
+    if title: fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

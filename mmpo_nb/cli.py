@@ -200,12 +200,14 @@ def demo(out:Optional[Path]=typer.Option(None, help="Run folder (default runs/de
          seed:int=typer.Option(0, help="World seed.")):
     "Run the toy-world pipeline end to end (data, CLIP, SFT, SAE, selection, every method, report), resuming finished stages."
     from mmpo_nb.core import runs_dir
-    from mmpo_nb.demo import DemoConfig, run_demo
+    from mmpo_nb.demo import DemoConfig, run_demo, markdown_table, results_table
     out = out or runs_dir('demo-quick' if quick else 'demo')
     cfg = DemoConfig.quick(out, seed=seed) if quick else DemoConfig(out=str(out), seed=seed)
     force = True if force and 'all' in force else [s for f in force or [] for s in f.split(',')]
     try: summary = run_demo(cfg, stages=stages.split(',') if stages else None, force=force, jobs=jobs, log=typer.echo)
     except (ValueError, RuntimeError) as e: _fail(e)
+    if jobs > 1 and 'report' in summary:                 # the report stage ran in a forked child, its print went to report/log.txt
+        typer.echo(markdown_table(results_table(summary)))
     typer.echo(f"summary: {Path(out)/'summary.json'}; report: {Path(out)/'report'/'report.html'} "
                f"({summary['demo']['demo/seconds']:.0f} s)")
 

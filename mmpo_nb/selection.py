@@ -587,6 +587,7 @@ def select_for_dataset(data_dir,                 # dataset folder or table file 
     ds, ids, refs = emb.table, emb.ids, emb.refs
     json_src = src.suffix in ('.json', '.jsonl') if src.is_file() else not (src/'data.parquet').exists() and any(src.glob('*.json*'))
     sae = SAE.load(sae_ckpt).cpu().eval() if sae_ckpt is not None else None
+    if strategy == 'sampled' and q_phi is None: q_phi = Proposal(sae.cfg.d_sae)                # q_phi at init, recorded in meta.json
     sel = select_negatives(emb.gallery[emb.own], emb.txt, emb.gallery, sae, k=k, pool_size=pool_size,
                            diversity=diversity, strategy=strategy, exclude=emb.own,
                            generator=torch.Generator().manual_seed(seed), proposal=q_phi, progress=progress)

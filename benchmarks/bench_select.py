@@ -1,6 +1,7 @@
 """`select_for_dataset` on a toy dataset of N rows (default 10,000): rows/s, CPU seconds and peak RSS, per strategy.
 
-    python benchmarks/bench_select.py [--rows 10000] [--baseline REV --baseline-rows 500] [--work DIR]
+    python benchmarks/bench_select.py [--rows 10000] [--strategies misp,random] [--baseline REV --baseline-rows 500] [--work DIR]
+    python benchmarks/bench_select.py --demo RUN [--strategies misp,sampled]     # a finished demo run's data, CLIP and SAE
 
 What it measures is the `select` stage as `mmpo demo` runs it: the SAE stage (`train_sae_for_dataset`) has already embedded the
 gallery with CLIP and left `embeddings.safetensors` in its run folder, so selection reads the table (through `mmpo_nb.data`),
@@ -12,6 +13,10 @@ The N rows reuse the images of 200 rendered toy rows under distinct scene ids (r
 so the gallery really has 5 N distinct entries. `--baseline REV` runs `mmpo_nb/selection.py` as of git revision REV side by side
 on `--baseline-rows` rows (the old code held a (B, G, d) tensor, so 10,000 rows would not fit in memory) and prints the ratio.
 Each measurement runs in a fresh process, so peak RSS (VmHWM) is the stage's own.
+
+`--demo RUN` measures on a finished `mmpo demo` run instead (its training table, trained CLIP and SAE, and the gallery embeddings
+its SAE stage cached). The run is only read: its SAE folder and embedding cache are copied into `--work` first, so nothing is ever
+written into RUN.
 """
 import argparse, json, os, subprocess, sys, tempfile, textwrap, time
 from pathlib import Path
@@ -93,14 +98,26 @@ def run(rev, data, clip, sae, out, strategy, old_file=None):
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
-def bench(label, rev, n, work, old_file=None):
-    data = make_dataset(n, work/f'toy-{n}')
-    clip, sae_run = make_models(work, data)
+def demo_inputs(run:Path, work:Path):
+    "(table folder, CLIP checkpoint, SAE folder) of a finished demo run; the SAE folder and its embedding cache copied into `work`."
+    import shutil
+    sae_run, st = work/f'sae-{run.name}', lambda s: json.loads((run/s/'stage.json').read_text())
+    if not sae_run.exists():
+        shutil.copytree(Path(st('sae')['sae/folder']), sae_run/'sae')
+        for f in ('embeddings.json', 'embeddings.safetensors'): shutil.copy2(run/'sae'/f, sae_run/f)
+    return Path(st('data')['data/train']), Path(st('clip')['clip/checkpoint']), sae_run
+
+
+def bench(label, rev, n, work, old_file=None, strategies=('misp', 'random'), inputs=None):
+    if inputs is None:
+        data = make_dataset(n, work/f'toy-{n}')
+        clip, sae_run = make_models(work, data)
+    else: data, clip, sae_run = inputs
     res = {}
-    for strategy in ('misp', 'random'):
+    for strategy in strategies:
         r = run(rev, data, clip, sae_run/'sae', work/f'out-{label}-{n}-{strategy}', strategy, old_file)
         res[strategy] = r
-        print(f"{label:9s} {n:6d} rows {strategy:6s}: {r['wall_s']:7.1f} s wall, {r['cpu_s']:7.1f} s CPU, {n / r['wall_s']:8.0f} rows/s, "
+        print(f"{label:9s} {n:6d} rows {strategy:7s}: {r['wall_s']:7.1f} s wall, {r['cpu_s']:7.1f} s CPU, {n / r['wall_s']:8.0f} rows/s, "
               f"peak RSS {r['peak_rss_gb']:.2f} GB", flush=True)
     return res
 
@@ -110,11 +127,20 @@ def main():
     ap.add_argument('--rows', type=int, default=10_000)
     ap.add_argument('--baseline', default=None, help='git revision of mmpo_nb/selection.py to compare against (e.g. 49a82e6)')
     ap.add_argument('--baseline-rows', type=int, default=500)
+    ap.add_argument('--strategies', default='misp,random', help='comma-separated strategies to time (misp, random, nearest, sampled)')
+    ap.add_argument('--demo', type=Path, default=None, help='a finished demo run to measure on (read only) instead of synthetic rows')
     ap.add_argument('--work', type=Path, default=Path(tempfile.gettempdir())/'mmpo-bench-select')
     a = ap.parse_args()
     a.work.mkdir(parents=True, exist_ok=True)
+    strategies = tuple(a.strategies.split(','))
+    if a.demo is not None:
+        inputs = demo_inputs(a.demo, a.work)
+        n = json.loads((a.demo/'data'/'stage.json').read_text())['data/rows']
+        print(f"select_for_dataset on {a.demo} ({n} rows), K=3, M=16, CPU, 1 thread (load average {os.getloadavg()[0]:.1f})")
+        bench('demo', 'HEAD', n, a.work, strategies=strategies, inputs=inputs)
+        return
     print(f"select_for_dataset, K=3, M=16, gallery = 5 x rows, CPU, 1 thread (load average {os.getloadavg()[0]:.1f})")
-    bench('current', 'HEAD', a.rows, a.work)
+    bench('current', 'HEAD', a.rows, a.work, strategies=strategies)
     if a.baseline:
         old = a.work/f'selection_{a.baseline}.py'
         old.write_text(subprocess.run(['git', '-C', str(ROOT), 'show', f'{a.baseline}:mmpo_nb/selection.py'], capture_output=True, text=True, check=True).stdout)

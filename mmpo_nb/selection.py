@@ -21,8 +21,9 @@ from .sae import SAE, SAEConfig, vec_outer, difference_factors
 # %% auto #0
 __all__ = ['STRATEGIES', 'CandidateScores', 'score_candidates', 'score_candidates_naive', 'score_pools', 'greedy_select',
            'Selection', 'select_negatives', 'explain_selection', 'PlantedPools', 'planted_pools', 'Proposal',
-           'proposal_chi2', 'fit_proposal', 'sample_proposal', 'latent_auroc', 'Attribution', 'attribute_latents',
-           'error_types_covered', 'pool_diff_factors', 'train_sae_for_dataset', 'select_for_dataset']
+           'proposal_chi2', 'fit_proposal', 'sample_proposal', 'save_proposal', 'load_proposal', 'latent_auroc',
+           'Attribution', 'attribute_latents', 'error_types_covered', 'pool_diff_factors', 'train_sae_for_dataset',
+           'select_for_dataset']
 
 # %% ../nbs/05a_selection.ipynb #540279fe
 class CandidateScores(NamedTuple):
@@ -129,12 +130,13 @@ class Selection:
     pool_sim: torch.Tensor          # (B, M) CLIP cosine similarity of each pool image to the positive
     pool_scores: torch.Tensor       # (B, M) MISP score s_i over the pool (NaN when no SAE was given)
     codes: torch.Tensor|None        # (B, M, d_sae) SAE codes E(d_i) of the pool, or None without an SAE
-    strategy: str                   # "misp", "random" or "nearest"
+    strategy: str                   # "misp", "random", "nearest" or "sampled"
+    log_q: torch.Tensor|None = None # (B, K) log q_phi of each draw (strategy "sampled"), else None
 
     def __len__(self): return self.ids.shape[0]
 
 # %% ../nbs/05a_selection.ipynb #877aa218
-STRATEGIES = ('misp', 'random', 'nearest')
+STRATEGIES = ('misp', 'random', 'nearest', 'sampled')
 
 def _check_select_inputs(img, txt, gallery, sae, k, pool_size, strategy, exclude, candidates):
     if strategy not in STRATEGIES: raise ValueError(f"unknown strategy {strategy!r}; use one of {STRATEGIES}")
@@ -142,7 +144,7 @@ def _check_select_inputs(img, txt, gallery, sae, k, pool_size, strategy, exclude
     if img.dim() != 2 or txt.dim() != 2: raise ValueError(f"expected img (B, d_v) and txt (B, d_t); got {tuple(img.shape)} and {tuple(txt.shape)}")
     if img.shape[0] != txt.shape[0]: raise ValueError(f"{img.shape[0]} query images but {txt.shape[0]} prompt embeddings")
     if img.shape[1] != gallery.shape[1]: raise ValueError(f"embedding sizes differ: query images have d_v={img.shape[1]}, the gallery has d_v={gallery.shape[1]}")
-    if strategy == 'misp' and sae is None: raise ValueError("strategy 'misp' needs an SAE")
+    if strategy in ('misp', 'sampled') and sae is None: raise ValueError(f"strategy {strategy!r} needs an SAE")
     if sae is not None: _check_sae_dims(sae, img.shape[1], txt.shape[1])
     if k < 1: raise ValueError(f"k must be at least 1, got {k}")
     if pool_size < k: raise ValueError(f"k={k} is larger than the candidate pool (pool_size={pool_size})")
@@ -168,14 +170,15 @@ def _exact_copies(q:torch.Tensor, gallery:torch.Tensor, sim:torch.Tensor, tol:fl
 def select_negatives(img:torch.Tensor,        # (B, d_v) CLIP embeddings of the positive images (L2-normalised)
                      txt:torch.Tensor,        # (B, d_t) CLIP embeddings of the prompts
                      gallery:torch.Tensor,    # (G, d_v) CLIP embeddings of the gallery images
-                     sae=None,                # `mmpo_nb.sae.SAE`; needed for "misp", optional otherwise (adds scores/codes)
+                     sae=None,                # `mmpo_nb.sae.SAE`; needed for "misp" and "sampled", optional otherwise (adds scores/codes)
                      k:int=3,                 # negatives K per query
                      pool_size:int=16,        # candidate pool M: the M most CLIP-similar gallery images
                      diversity:float=0.5,     # beta' of `greedy_select`
-                     strategy:str='misp',     # "misp", "random" or "nearest"
+                     strategy:str='misp',     # "misp", "random", "nearest" or "sampled"
                      exclude:torch.Tensor|None=None, # (B,) gallery index of each query's own image (-1: not in gallery)
                      candidates:torch.Tensor|None=None, # (B, C) gallery indices each query may draw from (-1 pads); None: all
-                     generator:torch.Generator|None=None, # randomness for strategy "random"
+                     generator:torch.Generator|None=None, # randomness for strategies "random" and "sampled"
+                     proposal:Proposal|None=None, # strategy "sampled": q_phi over each pool; None = `Proposal` at init (softmax of s_i, 10% uniform)
                      progress:bool=False,     # show a tqdm bar over query chunks
                      chunk:int=2**22,         # similarity entries (queries x gallery) held at once
                     )->Selection:
@@ -206,9 +209,14 @@ def select_negatives(img:torch.Tensor,        # (B, d_v) CLIP embeddings of the 
     if strategy == 'misp':
         picks = torch.cat([greedy_select(pool_scores[q0:q0 + 4096], codes[q0:q0 + 4096], k, diversity) for q0 in range(0, B, 4096)])
     elif strategy == 'random': picks = torch.stack([torch.randperm(M, generator=generator)[:k] for _ in range(B)])
+    elif strategy == 'sampled':
+        q_phi = proposal if proposal is not None else Proposal(codes.shape[-1])
+        picks, log_q = sample_proposal(q_phi(pool_scores, codes), k, generator)
+        log_q = log_q.float().clamp_max(0.)                              # (B, K); M = 1 gives log 1, which may round above 0
     else: picks = torch.arange(k).expand(B, k).clone()
     return Selection(ids=pool.gather(1, picks), picks=picks, scores=pool_scores.gather(1, picks), pool=pool,
-                     pool_sim=pool_sim, pool_scores=pool_scores, codes=codes, strategy=strategy)
+                     pool_sim=pool_sim, pool_scores=pool_scores, codes=codes, strategy=strategy,
+                     log_q=log_q if strategy == 'sampled' else None)
 
 
 # %% ../nbs/05a_selection.ipynb #63b8ad49
@@ -319,6 +327,32 @@ def sample_proposal(log_q:torch.Tensor,  # (Q, M) log q_phi over each pool
     if k < 1: raise ValueError(f"k must be at least 1, got {k}")
     idx = torch.multinomial(log_q.detach().exp(), k, replacement=True, generator=generator)
     return idx, log_q.gather(-1, idx)
+
+# %% ../nbs/05a_selection.ipynb #62f4b099
+def save_proposal(proposal:Proposal,   # e.g. fitted with `fit_proposal`
+                  folder,              # folder to write: `proposal.safetensors` (w, alpha) and `proposal.json` (d_sae, mix)
+                  overwrite:bool=False, # replace an existing folder
+                 )->Path:
+    "Write a proposal so that `select_for_dataset(..., proposal=folder)` (`mmpo select --proposal`) can draw from it."
+    import json
+    from safetensors.torch import save_file
+    from mmpo_nb.core import atomic_dir
+    with atomic_dir(folder, overwrite) as tmp:
+        save_file({'w': proposal.w.detach().float().contiguous(), 'alpha': proposal.alpha.detach().float().reshape(1)}, str(tmp/'proposal.safetensors'))
+        (tmp/'proposal.json').write_text(json.dumps({'d_sae': int(proposal.w.shape[0]), 'mix': float(proposal.mix)}))
+    return Path(folder)
+
+def load_proposal(folder)->Proposal:
+    "A proposal written by `save_proposal`, in eval mode."
+    import json
+    from safetensors.torch import load_file
+    f = Path(folder)
+    if not (f/'proposal.json').is_file() or not (f/'proposal.safetensors').is_file():
+        raise FileNotFoundError(f"{f} holds no proposal.json + proposal.safetensors: not a folder written by `save_proposal`")
+    cfg, t = json.loads((f/'proposal.json').read_text()), load_file(str(f/'proposal.safetensors'))
+    p = Proposal(cfg['d_sae'], alpha=float(t['alpha'][0]), mix=cfg['mix'])
+    with torch.no_grad(): p.w.copy_(t['w'])
+    return p.eval()
 
 # %% ../nbs/05a_selection.ipynb #c9b60099
 def latent_auroc(codes:torch.Tensor,    # (N, d_sae) SAE codes of N difference vectors
@@ -529,11 +563,12 @@ def select_for_dataset(data_dir,                 # dataset folder or table file 
                        k:int=3,                  # negatives K per row
                        pool_size:int=16,         # candidate pool M per row (most CLIP-similar gallery images)
                        diversity:float=0.5,      # beta' of `greedy_select`
-                       strategy:str='misp',      # "misp", "random" or "nearest"
+                       strategy:str='misp',      # "misp", "random", "nearest" or "sampled"
                        out=None,                 # dataset folder to write (default: `<data>-<strategy>` beside the source)
                        clip_name:str='mmpo-tiny', # open_clip model name of the checkpoint
                        batch_size:int=128,       # CLIP embedding batch size
-                       seed:int=0,               # seed for strategy "random"
+                       seed:int=0,               # seed for strategies "random" and "sampled"
+                       proposal=None,            # "sampled": a `Proposal` or a `save_proposal` folder; None = q_phi at init (softmax of s_i, 10% uniform)
                        device=None,              # device for CLIP (default: best available)
                        overwrite:bool=False,     # replace an existing `out`
                        progress:bool=True,       # tqdm bars for embedding, selection and writing
@@ -542,7 +577,9 @@ def select_for_dataset(data_dir,                 # dataset folder or table file 
     import json, os, uuid
     from mmpo_nb.data import write_rlaif_parquet, write_mdpo_json
     if strategy not in STRATEGIES: raise ValueError(f"unknown strategy {strategy!r}; use one of {STRATEGIES}")
-    if strategy == 'misp' and sae_ckpt is None: raise ValueError("strategy 'misp' needs an SAE checkpoint (sae_ckpt)")
+    if strategy in ('misp', 'sampled') and sae_ckpt is None: raise ValueError(f"strategy {strategy!r} needs an SAE checkpoint (sae_ckpt)")
+    if proposal is not None and strategy != 'sampled': raise ValueError(f"a proposal is used only by strategy 'sampled', not {strategy!r}")
+    q_phi = load_proposal(proposal) if isinstance(proposal, (str, Path)) else proposal      # a bad folder fails before any work
     src = Path(data_dir)
     out = Path(out) if out is not None else (src if src.is_dir() else src.parent).with_name(f"{(src if src.is_dir() else src.parent).name}-{strategy}")
     if out.exists() and not overwrite: raise FileExistsError(f"{out} already exists; pass overwrite=True (--overwrite) to replace it")
@@ -550,21 +587,26 @@ def select_for_dataset(data_dir,                 # dataset folder or table file 
     ds, ids, refs = emb.table, emb.ids, emb.refs
     json_src = src.suffix in ('.json', '.jsonl') if src.is_file() else not (src/'data.parquet').exists() and any(src.glob('*.json*'))
     sae = SAE.load(sae_ckpt).cpu().eval() if sae_ckpt is not None else None
+    if strategy == 'sampled' and q_phi is None: q_phi = Proposal(sae.cfg.d_sae)                # q_phi at init, recorded in meta.json
     sel = select_negatives(emb.gallery[emb.own], emb.txt, emb.gallery, sae, k=k, pool_size=pool_size,
                            diversity=diversity, strategy=strategy, exclude=emb.own,
-                           generator=torch.Generator().manual_seed(seed), progress=progress)
+                           generator=torch.Generator().manual_seed(seed), proposal=q_phi, progress=progress)
     rel = lambda ref: None if ref.get('path') is None else os.path.relpath(ref['path'], out.resolve())
-    ds = ds.remove_columns([c for c in ('neg_images', 'selected_neg_ids', 'selected_neg_paths', 'selected_neg_scores') if c in ds.column_names],
+    ds = ds.remove_columns([c for c in ('neg_images', 'selected_neg_ids', 'selected_neg_paths', 'selected_neg_scores', 'selected_neg_log_q')
+                            if c in ds.column_names],
                            new_fingerprint=uuid.uuid4().hex)
     new = {'selected_neg_ids': [[ids[j] for j in row] for row in sel.ids.tolist()],
            'selected_neg_paths': [[rel(refs[j]) for j in row] for row in sel.ids.tolist()], 'selected_neg_scores': sel.scores.tolist()}
+    if sel.log_q is not None: new['selected_neg_log_q'] = sel.log_q.tolist()
     for name, col in new.items(): ds = ds.add_column(name, col, new_fingerprint=uuid.uuid4().hex)   # no hashing of the column
     if json_src: write_mdpo_json(ds, out, overwrite=overwrite, progress=progress)
     else: write_rlaif_parquet(ds, out, embed_images=True, overwrite=overwrite, progress=progress)  # images inside: no file per row
     meta = out/'meta.json'
     m = json.loads(meta.read_text()) if meta.exists() else {}
     m['selection'] = dict(source=str(src.resolve()), strategy=strategy, k=k, pool_size=pool_size, diversity=diversity, seed=seed,
-                          clip=str(clip_ckpt), clip_name=clip_name, sae=None if sae_ckpt is None else str(sae_ckpt))
+                          clip=str(clip_ckpt), clip_name=clip_name, sae=None if sae_ckpt is None else str(sae_ckpt),
+                          proposal=None if strategy != 'sampled' else 'init' if proposal is None else str(proposal) if isinstance(proposal, (str, Path)) else 'given',
+                          proposal_mix=None if q_phi is None else q_phi.mix)
     meta.write_text(json.dumps(m, indent=1))
     return out/('data.json' if json_src else 'data.parquet')
 

@@ -11,13 +11,13 @@ runner = CliRunner()
 
 @pytest.fixture(scope='module')
 def run(tmp_path_factory):
-    "A quick demo run (toy data, tiny CLIP, tiny SFT model, SAE, MISP selection) on 8 rows."
+    "A quick demo run (toy data, tiny CLIP, tiny SFT model, SAE, MISP selection) on 8 rows: only the stages these tests read."
     import torch
     from mmpo_nb.demo import DemoConfig, run_demo
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp('demo')/'run'
     cfg = DemoConfig.quick(out=out); cfg.n_train, cfg.n_eval = 8, 4
-    run_demo(cfg)
+    run_demo(cfg, stages=['sft', 'select'])      # + data, clip, sae; no pairs, method data, preference runs or report
     return out
 
 def _cmd(method, run, out, *extra):
@@ -99,3 +99,35 @@ def test_atomic_write(run, tmp_path, monkeypatch):
     r = runner.invoke(app, _cmd('mdpo', run, tmp_path/'o', '--pairs', 'input'))
     assert r.exit_code == 2 and 'already exists' in r.output
     assert (tmp_path/'o'/'keep.txt').read_text() == 'x'
+
+def test_sampled_selection_trains_misp_importance_sampled(run, tmp_path, monkeypatch):
+    """`mmpo select --strategy sampled` -> `mmpo data misp` -> `mmpo train misp`: the log q_phi that selection writes reaches the
+    trainer, which (misp_image='auto') then uses the importance-sampled image loss at every step, with finite losses.
+    nbs/05a checks the draws themselves (log q at the drawn positions, seeded rows, unbiasedness); this checks the chain of commands."""
+    import math, pyarrow.parquet as pq
+    import mmpo_nb.train
+    from mmpo_nb.loop import read_log
+    clip = json.loads((run/'clip'/'stage.json').read_text())['clip/checkpoint']
+    sel, misp, out = tmp_path/'sampled', tmp_path/'misp', tmp_path/'run'
+    r = runner.invoke(app, ['select', '--data', str(run/'data'/'train'), '--clip', clip, '--sae', str(run/'sae'/'sae'),
+                            '--strategy', 'sampled', '--k', '3', '--pool-size', '8', '--seed', '3', '--out', str(sel)])
+    assert r.exit_code == 0, r.output
+    drawn = pq.read_table(sel/'data.parquet', columns=['scene_id', 'selected_neg_log_q']).to_pydict()
+    lq = dict(zip(drawn['scene_id'], drawn['selected_neg_log_q']))
+    r = runner.invoke(app, ['data', 'misp', '--in', str(run/'data'/'train'), '--selection', str(sel), '--out', str(misp)])
+    assert r.exit_code == 0 and 'OK' in r.output, r.output
+    assert json.loads((misp/'meta.json').read_text())['has_log_q'] is True
+    rows = read_dataset(misp)
+    assert [lq[s] for s in rows['scene_id']] == rows['log_q']                  # the draws' log q, row by row
+    calls = {'sampled': 0, 'exact': 0}
+    def spy(name, f):
+        def g(*a, **k): calls[name] += 1; return f(*a, **k)
+        return g
+    monkeypatch.setattr(mmpo_nb.train, 'sampled_pl_image_loss', spy('sampled', mmpo_nb.train.sampled_pl_image_loss))
+    monkeypatch.setattr(mmpo_nb.train, 'pl_image_loss', spy('exact', mmpo_nb.train.pl_image_loss))
+    r = runner.invoke(app, ['train', 'misp', '--data', str(misp), '--model', str(run/'sft'/'final'), '--out', str(out), '--steps', '3',
+                            '--batch-size', '2', '--eval-scenes', '0', '--save-every', '0'])
+    assert r.exit_code == 0, r.output
+    assert calls['sampled'] >= 3 and calls['exact'] == 0, calls
+    log = [h for h in read_log(out) if 'loss/total' in h]
+    assert len(log) == 3 and all(math.isfinite(h['loss/total']) and math.isfinite(h['loss/image']) for h in log), log

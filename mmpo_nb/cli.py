@@ -175,18 +175,19 @@ def train_sae_cmd(data:Path=typer.Option(..., help="Dataset folder or table file
 @app.command()
 def select(data:Path=typer.Option(..., help="Dataset folder or table file."),
            clip:Path=typer.Option(..., help="CLIP checkpoint file or folder."),
-           sae:Optional[Path]=typer.Option(None, help="SAE folder (needed by --strategy misp)."),
+           sae:Optional[Path]=typer.Option(None, help="SAE folder (needed by --strategy misp and sampled)."),
            k:int=typer.Option(3, help="Negatives per row."),
            pool_size:int=typer.Option(16, help="Candidate pool per row."),
            diversity:float=typer.Option(0.5, help="Weight of the diversity term in the greedy pick."),
-           strategy:str=typer.Option('misp', help="misp, random or nearest."),
+           strategy:str=typer.Option('misp', help="misp, random, nearest or sampled (K draws from the proposal q_phi, with their log q)."),
+           proposal:Optional[Path]=typer.Option(None, help="--strategy sampled: a proposal folder from `save_proposal` (default: q_phi from the SAE scores)."),
            out:Optional[Path]=typer.Option(None, help="Write a copy here instead of rewriting DATA in place."),
            clip_name:str=typer.Option('mmpo-tiny', help="open_clip model name of the checkpoint."),
-           seed:int=typer.Option(0, help="Seed of the random strategy.")):
+           seed:int=typer.Option(0, help="Seed of the random and sampled strategies.")):
     "Pick K negative images per row (MISP-DPO selection) and write them into the dataset, with a progress bar."
     from mmpo_nb.selection import select_for_dataset
     try: f = select_for_dataset(data, clip, sae, k=k, pool_size=pool_size, diversity=diversity, strategy=strategy, out=out,
-                                clip_name=clip_name, seed=seed)
+                                clip_name=clip_name, seed=seed, proposal=proposal)
     except (ValueError, FileNotFoundError, FileExistsError) as e: _fail(e)
     typer.echo(f"wrote selected negatives to {f}")
 

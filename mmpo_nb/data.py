@@ -142,7 +142,7 @@ def unwrap_prompt(prompt:str # a prompt as stored in a dataset
 # %% ../nbs/01a_data.ipynb #272b4bfc
 METHOD_COLUMNS = {   # optional per-method columns, checked row by row when present
     'neg_images': 'MISP-DPO: K negative images (list of images)',
-    'log_q': 'MISP-DPO: log-probability of drawing each negative (list of K floats)',
+    'log_q': 'MISP-DPO: log-probability (<= 0) of drawing each negative (list of K floats)',
     'rejected_texts': 'MISP-DPO: text negatives (list of strings)',
     'sent_weights': "ASPO: one weight per sentence of `chosen` by `text.sentence_spans` (list of floats)",
     'target_index': 'MIA-DPO: which of the row\'s images the prompt is about (int)',
@@ -163,9 +163,11 @@ def _is_int(v)->bool: return isinstance(v, int) and not isinstance(v, bool)
 
 def _check_method_columns(row:dict, n_images:int, n_neg:int, chosen:str, file, i):
     "One `DataError` naming the row for a method column of the wrong type or length."
-    if row.get('log_q') is not None:
-        v = _numbers(row['log_q'], file, i, 'log_q')
-        if n_neg and len(v) != n_neg: raise DataError(f"{len(v)} values for {n_neg} negative images", file=file, row=i, column='log_q')
+    for col, k in (('log_q', n_neg), ('selected_neg_log_q', len(row.get('selected_neg_ids') or ()))):   # MISP: log q of each draw
+        if row.get(col) is None: continue
+        v = _numbers(row[col], file, i, col)
+        if k and len(v) != k: raise DataError(f"{len(v)} values for {k} negative images", file=file, row=i, column=col)
+        if any(x > 1e-6 for x in v): raise DataError(f"log-probabilities must be <= 0, got {max(v):.3g}", file=file, row=i, column=col)
     if row.get('rejected_texts') is not None:
         v = row['rejected_texts']
         if not isinstance(v, (list, tuple)) or not v or not all(isinstance(t, str) and t.strip() for t in v):

@@ -6,7 +6,7 @@ Docs: https://mmpo-nb.github.io/mmpo-nb/train.html.md"""
 
 # %% ../nbs/07_train.ipynb #7d0d41d6
 from __future__ import annotations
-import copy, hashlib, json, math
+import copy, hashlib, json, math, os
 from dataclasses import dataclass, field, asdict, fields
 from pathlib import Path
 from typing import Sequence
@@ -17,6 +17,7 @@ import yaml
 from peft import PeftModel
 from safetensors import safe_open
 from safetensors.torch import save_file
+from accelerate.utils import gather_object
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from .core import DataError, seed_everything, atomic_dir
 from .loop import TrainLoopConfig, fit, make_accelerator, torch_threads, read_log
@@ -101,7 +102,7 @@ class PreferenceConfig:
         return TrainLoopConfig(steps=self.steps, lr=self.lr, warmup_steps=self.warmup_steps, weight_decay=self.weight_decay,
                                grad_accum=self.grad_accum, grad_clip=self.grad_clip, mixed_precision=self.mixed_precision, cpu=self.cpu,
                                threads=self.threads, seed=self.seed, eval_every=self.eval_every, save_every=self.save_every,
-                               keep=self.keep, progress=self.progress, desc=self.method)
+                               keep=self.keep, batch_size=self.batch_size, progress=self.progress, desc=self.method)
 
     @classmethod
     def from_yaml(cls, path, # YAML file with any of the fields
@@ -391,27 +392,38 @@ def _ref_forward(scorer:SequenceScorer, ref_vlm, enc):
 
 def precompute_reference(scorer:SequenceScorer, processor, ds:datasets.Dataset, cfg:PreferenceConfig,
                          ref_vlm=None, # frozen reference copy (full fine-tuning); None: the adapter-disabled policy
-                         device=None, autocast=None, # where to run and an autocast context factory (from the accelerator)
+                         device=None, autocast=None, # where to run and an autocast context factory (default: the accelerator's)
+                         accelerator=None, # several processes: each scores its share of the batches, then all gather the table
                         )->RefTable:
     "Reference log-probs of every row of `ds` (all roles except mDPO's `corrupt`), in batches of `cfg.batch_size`."
-    acc_vals = {}
-    cols = _needed_columns(ds, cfg.method)
-    view = ds.select_columns(cols)
-    for s in range(0, len(ds), cfg.batch_size):
+    P, r = (accelerator.num_processes, accelerator.process_index) if accelerator is not None else (1, 0)
+    if accelerator is not None: device, autocast = device or accelerator.device, autocast or accelerator.autocast
+    view = ds.select_columns(_needed_columns(ds, cfg.method))
+    starts = list(range(0, len(ds), cfg.batch_size))
+    per_row = {}                                          # row -> {role: value}
+    # batch j*P + r on rank r; every rank runs the same number of forwards (ZeRO-3 / FSDP gather shards in each one),
+    # a rank past the end repeats the last batch and drops the result
+    for j in range(math.ceil(len(starts) / P)):
+        b = j * P + r
+        s = starts[min(b, len(starts) - 1)]
         ids = list(range(s, min(s + cfg.batch_size, len(ds))))
         sb = build_step([view[i] for i in ids], ids, cfg.method, cfg, with_corrupt=False)
         enc = _to(encode_step(processor, sb), device)
         with (autocast() if autocast else torch.autocast('cpu', enabled=False)):
             lp, mask = _ref_forward(scorer, ref_vlm, enc)
+        if b >= len(starts): continue
         R = role_logps(lp.float(), mask, enc, sb, cfg.method)
         for k in _REF_KEYS:
             if k not in R: continue
             v = R[k].cpu()
             if k in sb.masks: v = [row[m] for row, m in zip(v, sb.masks[k])]
             elif k == 'chosen_sent': v = [row[m] for row, m in zip(v, sb.sent_mask)]
-            acc_vals.setdefault(k, []).extend(list(v))
+            for i, x in zip(ids, v): per_row.setdefault(i, {})[k] = x
+    if P > 1:
+        for part in gather_object([per_row]): per_row |= part
     vals = {}
-    for k, v in acc_vals.items():
+    for k in per_row[0]:
+        v = [per_row[i][k] for i in range(len(ds))]
         if v[0].dim() == 0: vals[k] = torch.stack(v)
         else:
             t = torch.zeros(len(v), max(len(x) for x in v))
@@ -427,7 +439,7 @@ def ref_cache_key(model_dir, ds, cfg:PreferenceConfig, precision:str)->dict:
 def save_ref_cache(table:RefTable, path, key:dict)->Path:
     "Write a reference cache (safetensors, key in its metadata), atomically."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix('.tmp')
+    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')    # one per writer: two runs on one dataset do not clobber it
     save_file({k: v.contiguous() for k, v in table.values.items()}, str(tmp), metadata={k: str(v) for k, v in key.items()})
     tmp.replace(path)
     return path
@@ -514,11 +526,12 @@ def train_preference(cfg:PreferenceConfig, # method and settings
         if cfg.precompute_ref:
             cache = Path(cfg.ref_cache) if cfg.ref_cache else (data_path if data_path is not None and data_path.is_dir() else out)/f'ref_logps-{cfg.method}.safetensors'
             key = ref_cache_key(model_dir, ds, cfg, precision)
-            table = load_ref_cache(cache, key)
-            if table is None:
+            table = load_ref_cache(cache, key)                     # every rank reads it (a stale cache stops every rank)
+            if not all(gather_object([table is not None])):       # ranks decide together: all compute or none does
                 before = ref_vlm if ref_vlm is not None or not cfg.full_ft else vlm     # full FT: the untrained policy is the reference
-                table = precompute_reference(scorer, processor, ds, cfg, before, acc.device, acc.autocast)
+                table = precompute_reference(scorer, processor, ds, cfg, before, accelerator=acc)   # each rank its share, gathered
                 if acc.is_main_process: save_ref_cache(table, cache, key)
+            acc.wait_for_everyone()
         out.mkdir(parents=True, exist_ok=True)
         if acc.is_main_process:
             (out/'config.json').write_text(json.dumps(cfg.to_dict() | {'model': str(model_dir), 'data': str(data_path or 'in-memory')}, indent=1))

@@ -6,7 +6,7 @@ Docs: https://mmpo-nb.github.io/mmpo-nb/train.html.md"""
 
 # %% ../nbs/07_train.ipynb #7d0d41d6
 from __future__ import annotations
-import copy, hashlib, json, math, os
+import contextlib, copy, hashlib, json, math, os
 from dataclasses import dataclass, field, asdict, fields
 from pathlib import Path
 from typing import Sequence
@@ -14,7 +14,8 @@ import torch
 from torch import nn
 import datasets
 import yaml
-from peft import PeftModel
+from peft import PeftModel, PeftType
+from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors import safe_open
 from safetensors.torch import save_file
 from accelerate.utils import gather_object
@@ -31,8 +32,8 @@ from .mdpo_data import corrupt_image, corrupt_for_row, MDPO_SCALE
 # %% auto #0
 __all__ = ['METHODS', 'DEFAULT_BETA', 'METHOD_COLUMNS', 'PreferenceConfig', 'check_columns', 'StepBatch', 'build_step',
            'encode_step', 'SequenceScorer', 'role_logps', 'preference_loss', 'model_fingerprint', 'data_fingerprint',
-           'RefTable', 'precompute_reference', 'ref_cache_key', 'save_ref_cache', 'load_ref_cache', 'toy_eval_fn',
-           'RowOrder', 'train_preference']
+           'RefTable', 'score_step', 'precompute_reference', 'ref_cache_key', 'save_ref_cache', 'load_ref_cache',
+           'toy_eval_fn', 'RowOrder', 'train_preference']
 
 # %% ../nbs/07_train.ipynb #998cbf74
 METHODS = ('dpo', 'mdpo', 'misp', 'aspo', 'miadpo')
@@ -253,6 +254,15 @@ class SequenceScorer(nn.Module):
         super().__init__()
         self.vlm = vlm
 
+    def _vision_dropout(self)->bool:
+        "Does anything outside the language model drop out in training mode (then train-mode image features differ from eval-mode ones)?"
+        if '_vdrop' not in self.__dict__:
+            base = _base(self.vlm)
+            vc = getattr(base.config, 'vision_config', None)
+            self._vdrop = (any(isinstance(m, nn.Dropout) and m.p > 0 for n, m in base.model.named_modules() if not n.startswith('language_model'))
+                           or any(getattr(vc, a, 0) or 0 for a in ('attention_dropout', 'dropout', 'hidden_dropout_prob')))
+        return self._vdrop and self.training
+
     def image_features(self, enc:dict)->list:
         "Vision tower + projector on the distinct images, repeated to every occurrence (list of (T_i, D))."
         inner = _base(self.vlm).model
@@ -268,8 +278,12 @@ class SequenceScorer(nn.Module):
     def forward(self, enc:dict)->tuple[torch.Tensor, torch.Tensor]:
         base = _base(self.vlm)
         kw = {k: enc[k] for k in ('attention_mask', 'image_grid_thw', 'mm_token_type_ids') if k in enc}
+        self.frozen_feats = None
         if 'pixel_values' in enc and len(enc['occ']):
-            kw['mm_encoder_outputs'] = {'image': BaseModelOutputWithPooling(pooler_output=self.image_features(enc))}
+            feats = enc['image_feats'] if 'image_feats' in enc else self.image_features(enc)
+            # no gradient reaches them (frozen tower and projector) and no dropout changes them: the reference pass may reuse them
+            if not any(f.requires_grad for f in feats) and not self._vision_dropout(): self.frozen_feats = feats
+            kw['mm_encoder_outputs'] = {'image': BaseModelOutputWithPooling(pooler_output=feats)}
         h = base.model(input_ids=enc['input_ids'], use_cache=False, **kw).last_hidden_state     # (N, L, D)
         rm = enc['response_mask'][:, 1:]                                                     # (N, L-1): position t predicts token t+1
         logits = base.get_output_embeddings()(h[:, :-1][rm]).float()                         # (n, V) response positions only
@@ -382,13 +396,46 @@ class RefTable:
         if sb.sent_weights is not None: out['chosen_sent'] = self.values['chosen_sent'][idx][:, :sb.sent_weights.shape[1]]
         return {k: v.to(device) for k, v in out.items()}
 
+@contextlib.contextmanager
+def _reference_mode(vlm:PeftModel):
+    "The LoRA policy as its reference: every adapter off, every module in eval mode; both restored after."
+    c = vlm.__dict__.setdefault('_mmpo_ref_mode', {})
+    if not c:                                      # found once: peft's `disable_adapter` and `.eval()` walk every module each call
+        pc = vlm.peft_config[vlm.active_adapter]
+        c['mods'] = list(vlm.modules())
+        c['lora'] = [m for m in c['mods'] if isinstance(m, BaseTunerLayer)]
+        c['plain'] = pc.peft_type == PeftType.LORA and not getattr(pc, 'modules_to_save', None)
+    if not c['plain']:                              # other adapter kinds or extra trained modules: peft's own switch
+        with vlm.disable_adapter(), eval_mode(vlm): yield; return
+    mods, lora = c['mods'], c['lora']
+    was, off = [m.training for m in mods], [m._disable_adapters for m in lora]
+    try:
+        for m in mods: m.training = False
+        for m in lora: m._disable_adapters = True
+        yield
+    finally:
+        for m, w in zip(mods, was): m.training = w
+        for m, o in zip(lora, off): m._disable_adapters = o
+
 def _ref_forward(scorer:SequenceScorer, ref_vlm, enc):
     "Reference per-token log-probs: the frozen copy if given, else the policy with its adapter disabled; eval mode, no grad."
     with torch.no_grad():
         if ref_vlm is not None:
             with eval_mode(ref_vlm): return SequenceScorer(ref_vlm)(enc)
         if not isinstance(scorer.vlm, PeftModel): raise ValueError("a live reference needs a LoRA (PeftModel) policy or a frozen copy")
-        with scorer.vlm.disable_adapter(), eval_mode(scorer.vlm): return scorer(enc)
+        with _reference_mode(scorer.vlm): return scorer(enc)
+
+def score_step(model, scorer:SequenceScorer, enc:dict, sb:StepBatch, method:str,
+               ref_vlm=None, # frozen reference copy (full fine-tuning); None: the adapter-disabled policy
+               live_ref:bool=True, # False: only the policy (the reference comes from a cache)
+              )->tuple[dict, dict|None]: # policy roles (with grad), reference roles (detached) or None
+    "Policy and live reference log-probs of one micro-batch; a frozen tower's image features are computed once for both."
+    lp, mask = model(enc)                                  # `model`: the scorer, maybe wrapped (DDP, FSDP, DeepSpeed)
+    pol = role_logps(lp, mask, enc, sb, method)
+    if not live_ref: return pol, None
+    feats = scorer.frozen_feats
+    ref = role_logps(*_ref_forward(scorer, ref_vlm, enc if feats is None else enc | {'image_feats': feats}), enc, sb, method)
+    return pol, {k: v.detach() for k, v in ref.items()}
 
 def precompute_reference(scorer:SequenceScorer, processor, ds:datasets.Dataset, cfg:PreferenceConfig,
                          ref_vlm=None, # frozen reference copy (full fine-tuning); None: the adapter-disabled policy
@@ -545,11 +592,9 @@ def train_preference(cfg:PreferenceConfig, # method and settings
 
         def step_fn(model, batch):
             sb, enc = batch['sb'], _to(batch['enc'], acc.device)
-            lp, mask = model(enc)
-            pol = role_logps(lp, mask, enc, sb, cfg.method)
             unwrapped = acc.unwrap_model(model)
-            if table is None: ref = role_logps(*_ref_forward(unwrapped, ref_vlm, enc), enc, sb, cfg.method)
-            else:
+            pol, ref = score_step(model, unwrapped, enc, sb, cfg.method, ref_vlm, live_ref=table is None)
+            if table is not None:
                 ref = table.gather(sb, acc.device)
                 if 'corrupt' in sb.roles:                          # mDPO's fresh crop: live reference on those sequences only
                     sub = StepBatch(sb.rows, sb.images, [sb.seq_images[j] for j in sb.roles['corrupt']],

@@ -31,9 +31,9 @@ from .mdpo_data import corrupt_image, corrupt_for_row, MDPO_SCALE
 
 # %% auto #0
 __all__ = ['METHODS', 'DEFAULT_BETA', 'METHOD_COLUMNS', 'PreferenceConfig', 'check_columns', 'StepBatch', 'build_step',
-           'encode_step', 'SequenceScorer', 'role_logps', 'preference_loss', 'model_fingerprint', 'data_fingerprint',
-           'RefTable', 'score_step', 'precompute_reference', 'ref_cache_key', 'save_ref_cache', 'load_ref_cache',
-           'toy_eval_fn', 'RowOrder', 'train_preference']
+           'encode_step', 'pack_layout', 'SequenceScorer', 'role_logps', 'preference_loss', 'model_fingerprint',
+           'data_fingerprint', 'RefTable', 'score_step', 'precompute_reference', 'ref_cache_key', 'save_ref_cache',
+           'load_ref_cache', 'toy_eval_fn', 'RowOrder', 'train_preference']
 
 # %% ../nbs/07_train.ipynb #998cbf74
 METHODS = ('dpo', 'mdpo', 'misp', 'aspo', 'miadpo')
@@ -240,19 +240,73 @@ def encode_step(processor, sb:StepBatch)->dict:
     remap = {j: u for u, j in enumerate(order)}
     enc['uniq'] = torch.tensor([first[j] for j in order])
     enc['occ'] = torch.tensor([remap[j] for j in occ])
+    enc['n_img'] = torch.tensor([len(s) for s in sb.seq_images])
     return enc
+
+_LAYOUT_KEYS = ('uniq', 'occ', 'n_img')                    # index tensors that stay on the CPU
 
 def _to(enc, device):
     if device is None: return enc
-    return {k: v.to(device) if torch.is_tensor(v) and k not in ('uniq', 'occ') else v for k, v in enc.items()}
+    return {k: v.to(device) if torch.is_tensor(v) and k not in _LAYOUT_KEYS else v for k, v in enc.items()}
+
+def pack_layout(enc:dict, # from `encode_step` (right-padded)
+               )->dict|None: # packed `input_ids`, `position_ids`, 4-d `mask`, `occ_pos`, `pred` (None: cannot pack)
+    "Shared prompts once, no padding: sequences with the same prompt tokens and images become one prefix with several continuations, bin-packed into rows."
+    ids, am, resp = enc['input_ids'].cpu(), enc['attention_mask'].cpu().bool(), enc['response_mask'].cpu().bool()
+    N, L = ids.shape
+    lens = am.sum(1).tolist()
+    if not all(bool(am[s, :lens[s]].all()) for s in range(N)): return None               # left padding or holes
+    n_img, occ = enc['n_img'].tolist(), enc['occ'].tolist()
+    off = [0]
+    for n in n_img: off.append(off[-1] + n)
+    first = [int(resp[s].float().argmax()) if resp[s].any() else lens[s] for s in range(N)]
+    groups = {}                                              # (prompt tokens, images) -> sequences
+    for s in range(N): groups.setdefault((tuple(ids[s, :first[s]].tolist()), tuple(occ[off[s]:off[s + 1]])), []).append(s)
+    segs = [(ss, first[ss[0]] + sum(lens[s] - first[s] for s in ss)) for ss in groups.values()]
+    C = max(n for _, n in segs)
+    rows = []                                                # first fit, longest segment first
+    for ss, n in sorted(segs, key=lambda x: -x[1]):
+        r = next((r for r in rows if r[1] + n <= C), None)
+        if r is None: rows.append(r := [[], 0])
+        r[0].append(ss); r[1] += n
+    R = len(rows)
+    tok, pos = torch.zeros(R, C, dtype=ids.dtype), torch.zeros(R, C, dtype=torch.long)
+    seg, sub = torch.full((R, C), -1), torch.zeros(R, C, dtype=torch.long)
+    where, occ_pos, g = [None] * N, [], 0                    # where[s][t]: flat packed index of token t of sequence s
+    for r, (members, _) in enumerate(rows):
+        c = 0
+        for ss in members:
+            p = first[ss[0]]
+            tok[r, c:c + p], pos[r, c:c + p], seg[r, c:c + p] = ids[ss[0], :p], torch.arange(p), g
+            pre = list(range(r * C + c, r * C + c + p)); c += p
+            occ_pos += range(off[ss[0]], off[ss[0] + 1])     # the prefix's images, in packed order
+            for k, s in enumerate(ss, 1):
+                n = lens[s] - p
+                tok[r, c:c + n], pos[r, c:c + n], seg[r, c:c + n], sub[r, c:c + n] = ids[s, p:lens[s]], torch.arange(p, lens[s]), g, k
+                where[s] = pre + list(range(r * C + c, r * C + c + n)); c += n
+            g += 1
+    i = torch.arange(C)
+    mask = ((seg[:, :, None] == seg[:, None, :]) & (i[None, :, None] >= i[None, None, :]) & (seg[:, None, :] >= 0)
+            & ((sub[:, None, :] == 0) | (sub[:, :, None] == sub[:, None, :])))
+    mask |= torch.eye(C, dtype=torch.bool)[None] & (seg[:, :, None] < 0)          # padding attends to itself (no empty row)
+    rm = resp[:, 1:]
+    pred = torch.tensor([where[s][t] for s in range(N) for t in rm[s].nonzero()[:, 0].tolist()], dtype=torch.long)
+    return {'input_ids': tok, 'position_ids': pos, 'mask': mask[:, None], 'occ_pos': occ_pos, 'pred': pred}
 
 def _base(vlm): return vlm.get_base_model() if isinstance(vlm, PeftModel) else vlm
 
 class SequenceScorer(nn.Module):
     "Wraps a HF VLM: `forward(enc)` -> per-token response log-probs `(N, L-1)` and mask, one forward, each distinct image encoded once."
-    def __init__(self, vlm):
+    def __init__(self, vlm, pack:bool=True): # pack: shared prompts once and no padding, where the model allows (`packable`)
         super().__init__()
-        self.vlm = vlm
+        self.vlm, self.pack = vlm, pack
+
+    def packable(self, enc:dict)->bool:
+        "LLaVA-type models (1-d positions, SDPA attention, images only in the prompt) take a packed 4-d mask."
+        cfg = _base(self.vlm).config
+        attn = getattr(getattr(cfg, 'text_config', cfg), '_attn_implementation', None)
+        return (self.pack and cfg.model_type == 'llava' and attn == 'sdpa' and 'n_img' in enc
+                and not any(k in enc for k in ('image_grid_thw', 'mm_token_type_ids')))
 
     def _vision_dropout(self)->bool:
         "Does anything outside the language model drop out in training mode (then train-mode image features differ from eval-mode ones)?"
@@ -284,9 +338,16 @@ class SequenceScorer(nn.Module):
             # no gradient reaches them (frozen tower and projector) and no dropout changes them: the reference pass may reuse them
             if not any(f.requires_grad for f in feats) and not self._vision_dropout(): self.frozen_feats = feats
             kw['mm_encoder_outputs'] = {'image': BaseModelOutputWithPooling(pooler_output=feats)}
-        h = base.model(input_ids=enc['input_ids'], use_cache=False, **kw).last_hidden_state     # (N, L, D)
         rm = enc['response_mask'][:, 1:]                                                     # (N, L-1): position t predicts token t+1
-        logits = base.get_output_embeddings()(h[:, :-1][rm]).float()                         # (n, V) response positions only
+        lay = pack_layout(enc) if self.packable(enc) else None
+        if lay is not None:                                  # (R, C) rows of prefixes + continuations, no padding
+            if 'mm_encoder_outputs' in kw: kw['mm_encoder_outputs'] = {'image': BaseModelOutputWithPooling(pooler_output=[feats[j] for j in lay['occ_pos']])}
+            dev = enc['input_ids'].device
+            h = base.model(input_ids=lay['input_ids'].to(dev), position_ids=lay['position_ids'].to(dev), attention_mask=lay['mask'].to(dev),
+                           use_cache=False, **{k: v for k, v in kw.items() if k == 'mm_encoder_outputs'}).last_hidden_state
+            h = h.flatten(0, 1)[lay['pred'].to(dev)]                                         # (n, D) the state before each response token
+        else: h = base.model(input_ids=enc['input_ids'], use_cache=False, **kw).last_hidden_state[:, :-1][rm]   # (n, D)
+        logits = base.get_output_embeddings()(h).float()                                     # (n, V) response positions only
         labels = enc['input_ids'][:, 1:][rm]
         lp = logits.gather(-1, labels[:, None])[:, 0] - logits.logsumexp(-1)                 # (n,)
         return torch.zeros(rm.shape, dtype=lp.dtype, device=lp.device).masked_scatter(rm, lp), rm

@@ -249,7 +249,25 @@ def _to(enc, device):
     if device is None: return enc
     return {k: v.to(device) if torch.is_tensor(v) and k not in _LAYOUT_KEYS else v for k, v in enc.items()}
 
+def _bin_pack(groups, first, lens, cap):
+    "Segments (one prefix + the continuations that fit in `cap`; a longer group is split, its prefix copied), first-fit into rows."
+    segs = []
+    for ss in groups:
+        p, cur = first[ss[0]], []
+        for s in ss:
+            if cur and p + sum(lens[x] - p for x in cur) + lens[s] - p > cap: segs.append(cur); cur = []
+            cur.append(s)
+        segs.append(cur)
+    segs = [(ss, first[ss[0]] + sum(lens[s] - first[s] for s in ss)) for ss in segs]
+    C, rows = max(n for _, n in segs), []
+    for ss, n in sorted(segs, key=lambda x: -x[1]):          # longest first
+        r = next((r for r in rows if r[1] + n <= C), None)
+        if r is None: rows.append(r := [[], 0])
+        r[0].append(ss); r[1] += n
+    return rows, C
+
 def pack_layout(enc:dict, # from `encode_step` (right-padded)
+                attn_cost:float=0.0, # cost of one attention (query, key) pair relative to one token through the linears
                )->dict|None: # packed `input_ids`, `position_ids`, 4-d `mask`, `occ_pos`, `pred` (None: cannot pack)
     "Shared prompts once, no padding: sequences with the same prompt tokens and images become one prefix with several continuations, bin-packed into rows."
     ids, am, resp = enc['input_ids'].cpu(), enc['attention_mask'].cpu().bool(), enc['response_mask'].cpu().bool()
@@ -262,13 +280,9 @@ def pack_layout(enc:dict, # from `encode_step` (right-padded)
     first = [int(resp[s].float().argmax()) if resp[s].any() else lens[s] for s in range(N)]
     groups = {}                                              # (prompt tokens, images) -> sequences
     for s in range(N): groups.setdefault((tuple(ids[s, :first[s]].tolist()), tuple(occ[off[s]:off[s + 1]])), []).append(s)
-    segs = [(ss, first[ss[0]] + sum(lens[s] - first[s] for s in ss)) for ss in groups.values()]
-    C = max(n for _, n in segs)
-    rows = []                                                # first fit, longest segment first
-    for ss, n in sorted(segs, key=lambda x: -x[1]):
-        r = next((r for r in rows if r[1] + n <= C), None)
-        if r is None: rows.append(r := [[], 0])
-        r[0].append(ss); r[1] += n
+    # rows as long as the longest sequence, or as the longest whole group: fewer slots against longer attention rows
+    cands = [_bin_pack(groups.values(), first, lens, cap) for cap in (max(lens), L * N)]
+    rows, C = min(cands, key=lambda rc: len(rc[0]) * rc[1] * (1 + attn_cost * rc[1]))
     R = len(rows)
     tok, pos = torch.zeros(R, C, dtype=ids.dtype), torch.zeros(R, C, dtype=torch.long)
     seg, sub = torch.full((R, C), -1), torch.zeros(R, C, dtype=torch.long)
@@ -300,6 +314,12 @@ class SequenceScorer(nn.Module):
     def __init__(self, vlm, pack:bool=True): # pack: shared prompts once and no padding, where the model allows (`packable`)
         super().__init__()
         self.vlm, self.pack = vlm, pack
+
+    def _attn_cost(self)->float:
+        "MACs of one attention (query, key) pair over those of one token through a decoder layer's linears: 2d / (4d^2 + 3dm) d."
+        tc = getattr(_base(self.vlm).config, 'text_config', None)
+        d, m = getattr(tc, 'hidden_size', 0), getattr(tc, 'intermediate_size', 0)
+        return 2 / (4 * d + 3 * m) if d and m else 0.0
 
     def packable(self, enc:dict)->bool:
         "LLaVA-type models (1-d positions, SDPA attention, images only in the prompt) take a packed 4-d mask."
@@ -339,7 +359,7 @@ class SequenceScorer(nn.Module):
             if not any(f.requires_grad for f in feats) and not self._vision_dropout(): self.frozen_feats = feats
             kw['mm_encoder_outputs'] = {'image': BaseModelOutputWithPooling(pooler_output=feats)}
         rm = enc['response_mask'][:, 1:]                                                     # (N, L-1): position t predicts token t+1
-        lay = pack_layout(enc) if self.packable(enc) else None
+        lay = pack_layout(enc, self._attn_cost()) if self.packable(enc) else None
         if lay is not None:                                  # (R, C) rows of prefixes + continuations, no padding
             if 'mm_encoder_outputs' in kw: kw['mm_encoder_outputs'] = {'image': BaseModelOutputWithPooling(pooler_output=[feats[j] for j in lay['occ_pos']])}
             dev = enc['input_ids'].device

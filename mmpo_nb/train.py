@@ -502,7 +502,8 @@ def _ref_forward(scorer:SequenceScorer, ref_vlm, enc):
     "Reference per-token log-probs: the frozen copy if given, else the policy with its adapter disabled; eval mode, no grad."
     with torch.no_grad():
         if ref_vlm is not None:
-            with eval_mode(ref_vlm): return SequenceScorer(ref_vlm)(enc)
+            if '_mmpo_scorer' not in ref_vlm.__dict__: ref_vlm.__dict__['_mmpo_scorer'] = SequenceScorer(ref_vlm).eval()
+            with eval_mode(ref_vlm): return ref_vlm.__dict__['_mmpo_scorer'](enc)
         if not isinstance(scorer.vlm, PeftModel): raise ValueError("a live reference needs a LoRA (PeftModel) policy or a frozen copy")
         with _reference_mode(scorer.vlm): return scorer(enc)
 

@@ -161,11 +161,10 @@ def _step_parts(model_dir, data_dir, batch):
 
 def _opt_step(scorer, opt, proc, sb, method, cfg, ref=None):
     "One optimizer step of `method` on the sequences of `sb` as `train_preference` runs it (live reference unless `ref` is given)."
-    from mmpo_nb.train import _ref_forward, encode_step, preference_loss, role_logps
+    from mmpo_nb.train import encode_step, preference_loss, score_step
     enc = encode_step(proc, sb)
-    pol = role_logps(*scorer(enc), enc, sb, method)
-    if ref is None: ref = role_logps(*_ref_forward(scorer, None, enc), enc, sb, method)
-    loss, _ = preference_loss(method, pol, {k: v.detach() for k, v in ref.items()}, sb, cfg)
+    pol, live = score_step(scorer, scorer, enc, sb, method, live_ref=ref is None)
+    loss, _ = preference_loss(method, pol, live if ref is None else {k: v.detach() for k, v in ref.items()}, sb, cfg)
     loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
     return loss.item()
 
@@ -195,10 +194,9 @@ def _image_only(sb):
 def _image_step(scorer, opt, proc, sb, cfg):
     "One optimizer step of MISP's PL image loss alone (live reference)."
     from mmpo_nb.objectives import pl_image_loss
-    from mmpo_nb.train import _ref_forward, encode_step, role_logps
+    from mmpo_nb.train import encode_step, score_step
     enc = encode_step(proc, sb)
-    P = role_logps(*scorer(enc), enc, sb, 'misp')
-    R = role_logps(*_ref_forward(scorer, None, enc), enc, sb, 'misp')
+    P, R = score_step(scorer, scorer, enc, sb, 'misp')
     loss = pl_image_loss(policy_pos_logps=P['chosen'], policy_neg_logps=P['neg'], ref_pos_logps=R['chosen'].detach(),
                          ref_neg_logps=R['neg'].detach(), beta=cfg.beta, neg_mask=sb.masks['neg']).losses.mean()
     loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 import torch
 from torch import nn
-from accelerate import Accelerator
+from accelerate import Accelerator, DistributedType
+from accelerate.utils import GradientAccumulationPlugin, gather_object
 from safetensors.torch import load_file
 from transformers import get_cosine_schedule_with_warmup
 from tqdm.auto import tqdm
@@ -225,6 +226,7 @@ class TrainLoopConfig:
     eval_every:int = 0            # steps between `eval_fn` calls (0: only at the end, if an eval_fn is given)
     save_every:int = 0            # steps between checkpoints (0: only at the end); needs a run folder
     keep:int = 2                  # checkpoints kept
+    batch_size:int|None = None    # rows per micro-batch: only DeepSpeed reads it (`train_micro_batch_size_per_gpu`, default 1)
     progress:bool = True          # tqdm bar
     desc:str = 'train'            # bar label
 
@@ -245,9 +247,25 @@ class TrainLoopConfig:
 
 # %% ../nbs/00b_loop.ipynb #ad8f4f6c
 def make_accelerator(cfg:TrainLoopConfig)->Accelerator:
-    "An `Accelerator` for `cfg` (precision, CPU) that steps the schedule once per optimizer step on any number of processes."
+    "An `Accelerator` for `cfg` (precision, CPU, `grad_accum`) that steps the schedule once per optimizer step on any number of processes."
+    ga = GradientAccumulationPlugin(num_steps=cfg.grad_accum, sync_with_dataloader=False)
     return prepare_checkpointing(Accelerator(mixed_precision=cfg.precision(), cpu=cfg.cpu or not torch.cuda.is_available(),
-                                               step_scheduler_with_optimizer=False))
+                                               step_scheduler_with_optimizer=False, gradient_accumulation_plugin=ga))
+
+def _set_accumulation(acc:Accelerator, cfg:TrainLoopConfig):
+    "Make `acc` accumulate `cfg.grad_accum` micro-batches per optimizer step, DeepSpeed's config included; restart its counter."
+    acc.gradient_accumulation_steps = cfg.grad_accum
+    acc.gradient_state.plugin_kwargs['sync_with_dataloader'] = False     # `fit` has no prepared dataloader to end an epoch
+    acc.step = 0                                                          # micro-steps since the last boundary
+    if acc.distributed_type == DistributedType.DEEPSPEED:
+        ds = acc.state.deepspeed_plugin.deepspeed_config
+        g = ds.get('gradient_accumulation_steps', 'auto')
+        if g != 'auto' and int(g) != cfg.grad_accum:
+            raise ValueError(f"the DeepSpeed config says gradient_accumulation_steps={g} but grad_accum={cfg.grad_accum}: "
+                             "set it to 'auto' (the trainer's value) or make them equal")
+        ds['gradient_accumulation_steps'] = cfg.grad_accum
+        if ds.get('train_micro_batch_size_per_gpu', 'auto') == 'auto': ds['train_micro_batch_size_per_gpu'] = cfg.batch_size or 1
+        if ds.get('gradient_clipping', 'auto') == 'auto': ds['gradient_clipping'] = cfg.grad_clip or 0.0
 
 @dataclass
 class FitResult:
@@ -268,6 +286,13 @@ def _split(res):
         return res
     return res, {}
 
+def _rank_mean(acc:Accelerator, d:dict)->dict:
+    "Numbers averaged over the processes (each rank's keys may differ); anything else is this rank's."
+    if acc.num_processes == 1: return d
+    num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+    alls = gather_object([{k: float(v) for k, v in d.items() if num(v)}])
+    return d | {k: sum(x[k] for x in alls if k in x) / sum(k in x for x in alls) for k in set().union(*alls)}
+
 def _mean_metrics(acc:Accelerator, sums:dict, n:int)->dict:
     keys = sorted(sums)
     if not keys: return {}
@@ -283,9 +308,9 @@ def fit(step_fn:Callable, # (model, batch) -> loss tensor, or (loss, {name: floa
         accelerator:Accelerator|None=None, # default `make_accelerator(cfg)`
         optimizer:torch.optim.Optimizer|None=None, # default AdamW over `param_groups(model, cfg.weight_decay)`
         scheduler=None, # default `cosine_schedule(optimizer, cfg.steps, cfg.warmup_steps)`
-        eval_fn:Callable[[nn.Module, int], dict]|None=None, # (unwrapped model, step) -> {'eval/...': value}; main process only
+        eval_fn:Callable[[nn.Module, int], dict]|None=None, # (unwrapped model, step) -> {'eval/...': value}; runs on EVERY process
         describe_batch:Callable[[int], str]|None=None, # i -> which data rows micro-batch i holds (for error messages)
-        after_backward:Callable[[nn.Module], None]|None=None, # (unwrapped model) after the last micro-batch's backward, before clipping
+        after_backward:Callable[[nn.Module], None]|None=None, # (unwrapped model) after the last micro-batch's backward, before clipping (DeepSpeed: after its step)
         after_step:Callable[[nn.Module, int], None]|None=None, # (unwrapped model, step) after each optimizer step (e.g. renormalise)
         epoch_len:int|None=None, # micro-batches per epoch when `batches` is callable (for the `epoch` column)
         resume:bool=True, # continue from the newest checkpoint in `out` if there is one
@@ -301,6 +326,7 @@ def fit(step_fn:Callable, # (model, batch) -> loss tensor, or (loss, {name: floa
         if not params: raise ValueError("the model has no trainable parameters (requires_grad is False everywhere)")
         opt = optimizer or torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
         sch = scheduler or cosine_schedule(opt, cfg.steps, cfg.warmup_steps)
+        _set_accumulation(acc, cfg)
         model, opt, sch = acc.prepare(model, opt, sch)
         params = [p for p in model.parameters() if p.requires_grad]   # again: FSDP replaces the parameters in `prepare`
         step, elapsed, resumed = 0, 0.0, None
@@ -323,17 +349,19 @@ def fit(step_fn:Callable, # (model, batch) -> loss tensor, or (loss, {name: floa
                 for a in range(A):
                     i = (step * A + a) * P + r
                     batch = _micro_batch(batches, i)
-                    sync = contextlib.nullcontext() if a == A - 1 else acc.no_sync(model)
-                    with sync:
+                    # accumulate: no gradient sync (DDP/FSDP) and DeepSpeed's accumulation boundary unless a == A-1;
+                    # accelerate's backward divides the loss by A (DeepSpeed's engine does it itself)
+                    with acc.accumulate(model):
                         with acc.autocast(): loss, mets = _split(step_fn(model, batch))
                         if not torch.is_tensor(loss) or loss.dim() != 0: raise TypeError(f"step_fn must return a scalar loss tensor, got {loss!r}")
                         if not torch.isfinite(loss.detach()):
                             where = f" (rows: {describe_batch(i)})" if describe_batch is not None else ''
                             raise FloatingPointError(f"non-finite loss {loss.item()} at step {step + 1}, micro-batch {a} (global index {i}){where}; "
                                                      f"lower lr (now {cfg.lr}) or check the data")
-                        acc.backward(loss / A)
+                        acc.backward(loss)
                     loss_sum += loss.detach().float().item()
                     for k, v in mets.items(): sums[k] = sums.get(k, 0.0) + float(_jsonable(v))
+                if not acc.sync_gradients: raise RuntimeError(f"accelerate is not at an accumulation boundary after {A} micro-batches")
                 if after_backward is not None: after_backward(acc.unwrap_model(model))
                 gn = acc.clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip else None
                 lr = sch.get_last_lr()[0]
@@ -344,15 +372,15 @@ def fit(step_fn:Callable, # (model, batch) -> loss tensor, or (loss, {name: floa
                 last = step == cfg.steps
                 if step % cfg.log_every == 0 or last:
                     sums['loss/total'] = loss_sum
-                    if gn is not None: sums['grad_norm'] = float(gn) * A
+                    if gn is not None and math.isfinite(float(gn)): sums['grad_norm'] = float(gn) * A
                     line = {'lr': lr, **_mean_metrics(acc, sums, A)}
                     log.write(step, line, epoch=None if not n_epoch else step * A * P / n_epoch)
                 if eval_fn is not None and (last or (cfg.eval_every and step % cfg.eval_every == 0)):
-                    if main:
-                        ev = eval_fn(acc.unwrap_model(model), step)
-                        model.train()
-                        log.write(step, ev, epoch=None if not n_epoch else step * A * P / n_epoch)
-                    acc.wait_for_everyone()
+                    # every rank: under ZeRO-3 / FSDP each forward gathers weight shards from all ranks, so a main-only
+                    # evaluation hangs; the ranks' numbers are averaged and the main process writes them
+                    ev = _rank_mean(acc, eval_fn(acc.unwrap_model(model), step))
+                    model.train()
+                    log.write(step, ev, epoch=None if not n_epoch else step * A * P / n_epoch)
                 halt = (stop_at is not None and step >= stop_at) or (max_minutes is not None and log.elapsed() > 60 * max_minutes)
                 if out is not None and (last or halt or (cfg.save_every and step % cfg.save_every == 0)):
                     save_checkpoint(acc, out, step, keep=cfg.keep, extra={'time': log.elapsed()})

@@ -6,7 +6,7 @@ Docs: https://mmpo-nb.github.io/mmpo-nb/train.html.md"""
 
 # %% ../nbs/07_train.ipynb #7d0d41d6
 from __future__ import annotations
-import copy, hashlib, json, math
+import contextlib, copy, hashlib, json, math, os
 from dataclasses import dataclass, field, asdict, fields
 from pathlib import Path
 from typing import Sequence
@@ -14,9 +14,11 @@ import torch
 from torch import nn
 import datasets
 import yaml
-from peft import PeftModel
+from peft import PeftModel, PeftType
+from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors import safe_open
 from safetensors.torch import save_file
+from accelerate.utils import gather_object
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from .core import DataError, seed_everything, atomic_dir
 from .loop import TrainLoopConfig, fit, make_accelerator, torch_threads, read_log
@@ -29,9 +31,9 @@ from .mdpo_data import corrupt_image, corrupt_for_row, MDPO_SCALE
 
 # %% auto #0
 __all__ = ['METHODS', 'DEFAULT_BETA', 'METHOD_COLUMNS', 'PreferenceConfig', 'check_columns', 'StepBatch', 'build_step',
-           'encode_step', 'SequenceScorer', 'role_logps', 'preference_loss', 'model_fingerprint', 'data_fingerprint',
-           'RefTable', 'precompute_reference', 'ref_cache_key', 'save_ref_cache', 'load_ref_cache', 'toy_eval_fn',
-           'RowOrder', 'train_preference']
+           'encode_step', 'pack_layout', 'SequenceScorer', 'role_logps', 'preference_loss', 'model_fingerprint',
+           'data_fingerprint', 'RefTable', 'score_step', 'precompute_reference', 'ref_cache_key', 'save_ref_cache',
+           'load_ref_cache', 'toy_eval_fn', 'RowOrder', 'train_preference']
 
 # %% ../nbs/07_train.ipynb #998cbf74
 METHODS = ('dpo', 'mdpo', 'misp', 'aspo', 'miadpo')
@@ -101,7 +103,7 @@ class PreferenceConfig:
         return TrainLoopConfig(steps=self.steps, lr=self.lr, warmup_steps=self.warmup_steps, weight_decay=self.weight_decay,
                                grad_accum=self.grad_accum, grad_clip=self.grad_clip, mixed_precision=self.mixed_precision, cpu=self.cpu,
                                threads=self.threads, seed=self.seed, eval_every=self.eval_every, save_every=self.save_every,
-                               keep=self.keep, progress=self.progress, desc=self.method)
+                               keep=self.keep, batch_size=self.batch_size, progress=self.progress, desc=self.method)
 
     @classmethod
     def from_yaml(cls, path, # YAML file with any of the fields
@@ -238,19 +240,102 @@ def encode_step(processor, sb:StepBatch)->dict:
     remap = {j: u for u, j in enumerate(order)}
     enc['uniq'] = torch.tensor([first[j] for j in order])
     enc['occ'] = torch.tensor([remap[j] for j in occ])
+    enc['n_img'] = torch.tensor([len(s) for s in sb.seq_images])
     return enc
+
+_LAYOUT_KEYS = ('uniq', 'occ', 'n_img')                    # index tensors that stay on the CPU
 
 def _to(enc, device):
     if device is None: return enc
-    return {k: v.to(device) if torch.is_tensor(v) and k not in ('uniq', 'occ') else v for k, v in enc.items()}
+    return {k: v.to(device) if torch.is_tensor(v) and k not in _LAYOUT_KEYS else v for k, v in enc.items()}
+
+def _bin_pack(groups, first, lens, cap):
+    "Segments (one prefix + the continuations that fit in `cap`; a longer group is split, its prefix copied), first-fit into rows."
+    segs = []
+    for ss in groups:
+        p, cur = first[ss[0]], []
+        for s in ss:
+            if cur and p + sum(lens[x] - p for x in cur) + lens[s] - p > cap: segs.append(cur); cur = []
+            cur.append(s)
+        segs.append(cur)
+    segs = [(ss, first[ss[0]] + sum(lens[s] - first[s] for s in ss)) for ss in segs]
+    C, rows = max(n for _, n in segs), []
+    for ss, n in sorted(segs, key=lambda x: -x[1]):          # longest first
+        r = next((r for r in rows if r[1] + n <= C), None)
+        if r is None: rows.append(r := [[], 0])
+        r[0].append(ss); r[1] += n
+    return rows, C
+
+def pack_layout(enc:dict, # from `encode_step` (right-padded)
+                attn_cost:float=0.0, # cost of one attention (query, key) pair relative to one token through the linears
+               )->dict|None: # packed `input_ids`, `position_ids`, 4-d `mask`, `occ_pos`, `pred` (None: cannot pack)
+    "Shared prompts once, no padding: sequences with the same prompt tokens and images become one prefix with several continuations, bin-packed into rows."
+    ids, am, resp = enc['input_ids'].cpu(), enc['attention_mask'].cpu().bool(), enc['response_mask'].cpu().bool()
+    N, L = ids.shape
+    lens = am.sum(1).tolist()
+    if not all(bool(am[s, :lens[s]].all()) for s in range(N)): return None               # left padding or holes
+    n_img, occ = enc['n_img'].tolist(), enc['occ'].tolist()
+    off = [0]
+    for n in n_img: off.append(off[-1] + n)
+    first = [int(resp[s].float().argmax()) if resp[s].any() else lens[s] for s in range(N)]
+    groups = {}                                              # (prompt tokens, images) -> sequences
+    for s in range(N): groups.setdefault((tuple(ids[s, :first[s]].tolist()), tuple(occ[off[s]:off[s + 1]])), []).append(s)
+    # rows as long as the longest sequence, or as the longest whole group: fewer slots against longer attention rows
+    cands = [_bin_pack(groups.values(), first, lens, cap) for cap in (max(lens), L * N)]
+    rows, C = min(cands, key=lambda rc: len(rc[0]) * rc[1] * (1 + attn_cost * rc[1]))
+    R = len(rows)
+    tok, pos = torch.zeros(R, C, dtype=ids.dtype), torch.zeros(R, C, dtype=torch.long)
+    seg, sub = torch.full((R, C), -1), torch.zeros(R, C, dtype=torch.long)
+    where, occ_pos, g = [None] * N, [], 0                    # where[s][t]: flat packed index of token t of sequence s
+    for r, (members, _) in enumerate(rows):
+        c = 0
+        for ss in members:
+            p = first[ss[0]]
+            tok[r, c:c + p], pos[r, c:c + p], seg[r, c:c + p] = ids[ss[0], :p], torch.arange(p), g
+            pre = list(range(r * C + c, r * C + c + p)); c += p
+            occ_pos += range(off[ss[0]], off[ss[0] + 1])     # the prefix's images, in packed order
+            for k, s in enumerate(ss, 1):
+                n = lens[s] - p
+                tok[r, c:c + n], pos[r, c:c + n], seg[r, c:c + n], sub[r, c:c + n] = ids[s, p:lens[s]], torch.arange(p, lens[s]), g, k
+                where[s] = pre + list(range(r * C + c, r * C + c + n)); c += n
+            g += 1
+    i = torch.arange(C)
+    mask = ((seg[:, :, None] == seg[:, None, :]) & (i[None, :, None] >= i[None, None, :]) & (seg[:, None, :] >= 0)
+            & ((sub[:, None, :] == 0) | (sub[:, :, None] == sub[:, None, :])))
+    mask |= torch.eye(C, dtype=torch.bool)[None] & (seg[:, :, None] < 0)          # padding attends to itself (no empty row)
+    rm = resp[:, 1:]
+    pred = torch.tensor([where[s][t] for s in range(N) for t in rm[s].nonzero()[:, 0].tolist()], dtype=torch.long)
+    return {'input_ids': tok, 'position_ids': pos, 'mask': mask[:, None], 'occ_pos': occ_pos, 'pred': pred}
 
 def _base(vlm): return vlm.get_base_model() if isinstance(vlm, PeftModel) else vlm
 
 class SequenceScorer(nn.Module):
     "Wraps a HF VLM: `forward(enc)` -> per-token response log-probs `(N, L-1)` and mask, one forward, each distinct image encoded once."
-    def __init__(self, vlm):
+    def __init__(self, vlm, pack:bool=True): # pack: shared prompts once and no padding, where the model allows (`packable`)
         super().__init__()
-        self.vlm = vlm
+        self.vlm, self.pack = vlm, pack
+
+    def _attn_cost(self)->float:
+        "MACs of one attention (query, key) pair over those of one token through a decoder layer's linears: 2d / (4d^2 + 3dm) d."
+        tc = getattr(_base(self.vlm).config, 'text_config', None)
+        d, m = getattr(tc, 'hidden_size', 0), getattr(tc, 'intermediate_size', 0)
+        return 2 / (4 * d + 3 * m) if d and m else 0.0
+
+    def packable(self, enc:dict)->bool:
+        "LLaVA-type models (1-d positions, SDPA attention, images only in the prompt) take a packed 4-d mask."
+        cfg = _base(self.vlm).config
+        attn = getattr(getattr(cfg, 'text_config', cfg), '_attn_implementation', None)
+        return (self.pack and cfg.model_type == 'llava' and attn == 'sdpa' and 'n_img' in enc
+                and not any(k in enc for k in ('image_grid_thw', 'mm_token_type_ids')))
+
+    def _vision_dropout(self)->bool:
+        "Does anything outside the language model drop out in training mode (then train-mode image features differ from eval-mode ones)?"
+        if '_vdrop' not in self.__dict__:
+            base = _base(self.vlm)
+            vc = getattr(base.config, 'vision_config', None)
+            self._vdrop = (any(isinstance(m, nn.Dropout) and m.p > 0 for n, m in base.model.named_modules() if not n.startswith('language_model'))
+                           or any(getattr(vc, a, 0) or 0 for a in ('attention_dropout', 'dropout', 'hidden_dropout_prob')))
+        return self._vdrop and self.training
 
     def image_features(self, enc:dict)->list:
         "Vision tower + projector on the distinct images, repeated to every occurrence (list of (T_i, D))."
@@ -267,11 +352,22 @@ class SequenceScorer(nn.Module):
     def forward(self, enc:dict)->tuple[torch.Tensor, torch.Tensor]:
         base = _base(self.vlm)
         kw = {k: enc[k] for k in ('attention_mask', 'image_grid_thw', 'mm_token_type_ids') if k in enc}
+        self.frozen_feats = None
         if 'pixel_values' in enc and len(enc['occ']):
-            kw['mm_encoder_outputs'] = {'image': BaseModelOutputWithPooling(pooler_output=self.image_features(enc))}
-        h = base.model(input_ids=enc['input_ids'], use_cache=False, **kw).last_hidden_state     # (N, L, D)
+            feats = enc['image_feats'] if 'image_feats' in enc else self.image_features(enc)
+            # no gradient reaches them (frozen tower and projector) and no dropout changes them: the reference pass may reuse them
+            if not any(f.requires_grad for f in feats) and not self._vision_dropout(): self.frozen_feats = feats
+            kw['mm_encoder_outputs'] = {'image': BaseModelOutputWithPooling(pooler_output=feats)}
         rm = enc['response_mask'][:, 1:]                                                     # (N, L-1): position t predicts token t+1
-        logits = base.get_output_embeddings()(h[:, :-1][rm]).float()                         # (n, V) response positions only
+        lay = pack_layout(enc, self._attn_cost()) if self.packable(enc) else None
+        if lay is not None:                                  # (R, C) rows of prefixes + continuations, no padding
+            if 'mm_encoder_outputs' in kw: kw['mm_encoder_outputs'] = {'image': BaseModelOutputWithPooling(pooler_output=[feats[j] for j in lay['occ_pos']])}
+            dev = enc['input_ids'].device
+            h = base.model(input_ids=lay['input_ids'].to(dev), position_ids=lay['position_ids'].to(dev), attention_mask=lay['mask'].to(dev),
+                           use_cache=False, **{k: v for k, v in kw.items() if k == 'mm_encoder_outputs'}).last_hidden_state
+            h = h.flatten(0, 1)[lay['pred'].to(dev)]                                         # (n, D) the state before each response token
+        else: h = base.model(input_ids=enc['input_ids'], use_cache=False, **kw).last_hidden_state[:, :-1][rm]   # (n, D)
+        logits = base.get_output_embeddings()(h).float()                                     # (n, V) response positions only
         labels = enc['input_ids'][:, 1:][rm]
         lp = logits.gather(-1, labels[:, None])[:, 0] - logits.logsumexp(-1)                 # (n,)
         return torch.zeros(rm.shape, dtype=lp.dtype, device=lp.device).masked_scatter(rm, lp), rm
@@ -381,37 +477,82 @@ class RefTable:
         if sb.sent_weights is not None: out['chosen_sent'] = self.values['chosen_sent'][idx][:, :sb.sent_weights.shape[1]]
         return {k: v.to(device) for k, v in out.items()}
 
+@contextlib.contextmanager
+def _reference_mode(vlm:PeftModel):
+    "The LoRA policy as its reference: every adapter off, every module in eval mode; both restored after."
+    c = vlm.__dict__.setdefault('_mmpo_ref_mode', {})
+    if not c:                                      # found once: peft's `disable_adapter` and `.eval()` walk every module each call
+        pc = vlm.peft_config[vlm.active_adapter]
+        c['mods'] = list(vlm.modules())
+        c['lora'] = [m for m in c['mods'] if isinstance(m, BaseTunerLayer)]
+        c['plain'] = pc.peft_type == PeftType.LORA and not getattr(pc, 'modules_to_save', None)
+    if not c['plain']:                              # other adapter kinds or extra trained modules: peft's own switch
+        with vlm.disable_adapter(), eval_mode(vlm): yield; return
+    mods, lora = c['mods'], c['lora']
+    was, off = [m.training for m in mods], [m._disable_adapters for m in lora]
+    try:
+        for m in mods: m.training = False
+        for m in lora: m._disable_adapters = True
+        yield
+    finally:
+        for m, w in zip(mods, was): m.training = w
+        for m, o in zip(lora, off): m._disable_adapters = o
+
 def _ref_forward(scorer:SequenceScorer, ref_vlm, enc):
     "Reference per-token log-probs: the frozen copy if given, else the policy with its adapter disabled; eval mode, no grad."
     with torch.no_grad():
         if ref_vlm is not None:
-            with eval_mode(ref_vlm): return SequenceScorer(ref_vlm)(enc)
+            if '_mmpo_scorer' not in ref_vlm.__dict__: ref_vlm.__dict__['_mmpo_scorer'] = SequenceScorer(ref_vlm).eval()
+            with eval_mode(ref_vlm): return ref_vlm.__dict__['_mmpo_scorer'](enc)
         if not isinstance(scorer.vlm, PeftModel): raise ValueError("a live reference needs a LoRA (PeftModel) policy or a frozen copy")
-        with scorer.vlm.disable_adapter(), eval_mode(scorer.vlm): return scorer(enc)
+        with _reference_mode(scorer.vlm): return scorer(enc)
+
+def score_step(model, scorer:SequenceScorer, enc:dict, sb:StepBatch, method:str,
+               ref_vlm=None, # frozen reference copy (full fine-tuning); None: the adapter-disabled policy
+               live_ref:bool=True, # False: only the policy (the reference comes from a cache)
+              )->tuple[dict, dict|None]: # policy roles (with grad), reference roles (detached) or None
+    "Policy and live reference log-probs of one micro-batch; a frozen tower's image features are computed once for both."
+    lp, mask = model(enc)                                  # `model`: the scorer, maybe wrapped (DDP, FSDP, DeepSpeed)
+    pol = role_logps(lp, mask, enc, sb, method)
+    if not live_ref: return pol, None
+    feats = scorer.frozen_feats
+    ref = role_logps(*_ref_forward(scorer, ref_vlm, enc if feats is None else enc | {'image_feats': feats}), enc, sb, method)
+    return pol, {k: v.detach() for k, v in ref.items()}
 
 def precompute_reference(scorer:SequenceScorer, processor, ds:datasets.Dataset, cfg:PreferenceConfig,
                          ref_vlm=None, # frozen reference copy (full fine-tuning); None: the adapter-disabled policy
-                         device=None, autocast=None, # where to run and an autocast context factory (from the accelerator)
+                         device=None, autocast=None, # where to run and an autocast context factory (default: the accelerator's)
+                         accelerator=None, # several processes: each scores its share of the batches, then all gather the table
                         )->RefTable:
     "Reference log-probs of every row of `ds` (all roles except mDPO's `corrupt`), in batches of `cfg.batch_size`."
-    acc_vals = {}
-    cols = _needed_columns(ds, cfg.method)
-    view = ds.select_columns(cols)
-    for s in range(0, len(ds), cfg.batch_size):
+    P, r = (accelerator.num_processes, accelerator.process_index) if accelerator is not None else (1, 0)
+    if accelerator is not None: device, autocast = device or accelerator.device, autocast or accelerator.autocast
+    view = ds.select_columns(_needed_columns(ds, cfg.method))
+    starts = list(range(0, len(ds), cfg.batch_size))
+    per_row = {}                                          # row -> {role: value}
+    # batch j*P + r on rank r; every rank runs the same number of forwards (ZeRO-3 / FSDP gather shards in each one),
+    # a rank past the end repeats the last batch and drops the result
+    for j in range(math.ceil(len(starts) / P)):
+        b = j * P + r
+        s = starts[min(b, len(starts) - 1)]
         ids = list(range(s, min(s + cfg.batch_size, len(ds))))
         sb = build_step([view[i] for i in ids], ids, cfg.method, cfg, with_corrupt=False)
         enc = _to(encode_step(processor, sb), device)
         with (autocast() if autocast else torch.autocast('cpu', enabled=False)):
             lp, mask = _ref_forward(scorer, ref_vlm, enc)
+        if b >= len(starts): continue
         R = role_logps(lp.float(), mask, enc, sb, cfg.method)
         for k in _REF_KEYS:
             if k not in R: continue
             v = R[k].cpu()
             if k in sb.masks: v = [row[m] for row, m in zip(v, sb.masks[k])]
             elif k == 'chosen_sent': v = [row[m] for row, m in zip(v, sb.sent_mask)]
-            acc_vals.setdefault(k, []).extend(list(v))
+            for i, x in zip(ids, v): per_row.setdefault(i, {})[k] = x
+    if P > 1:
+        for part in gather_object([per_row]): per_row |= part
     vals = {}
-    for k, v in acc_vals.items():
+    for k in per_row[0]:
+        v = [per_row[i][k] for i in range(len(ds))]
         if v[0].dim() == 0: vals[k] = torch.stack(v)
         else:
             t = torch.zeros(len(v), max(len(x) for x in v))
@@ -427,7 +568,7 @@ def ref_cache_key(model_dir, ds, cfg:PreferenceConfig, precision:str)->dict:
 def save_ref_cache(table:RefTable, path, key:dict)->Path:
     "Write a reference cache (safetensors, key in its metadata), atomically."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix('.tmp')
+    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')    # one per writer: two runs on one dataset do not clobber it
     save_file({k: v.contiguous() for k, v in table.values.items()}, str(tmp), metadata={k: str(v) for k, v in key.items()})
     tmp.replace(path)
     return path
@@ -514,11 +655,12 @@ def train_preference(cfg:PreferenceConfig, # method and settings
         if cfg.precompute_ref:
             cache = Path(cfg.ref_cache) if cfg.ref_cache else (data_path if data_path is not None and data_path.is_dir() else out)/f'ref_logps-{cfg.method}.safetensors'
             key = ref_cache_key(model_dir, ds, cfg, precision)
-            table = load_ref_cache(cache, key)
-            if table is None:
+            table = load_ref_cache(cache, key)                     # every rank reads it (a stale cache stops every rank)
+            if not all(gather_object([table is not None])):       # ranks decide together: all compute or none does
                 before = ref_vlm if ref_vlm is not None or not cfg.full_ft else vlm     # full FT: the untrained policy is the reference
-                table = precompute_reference(scorer, processor, ds, cfg, before, acc.device, acc.autocast)
+                table = precompute_reference(scorer, processor, ds, cfg, before, accelerator=acc)   # each rank its share, gathered
                 if acc.is_main_process: save_ref_cache(table, cache, key)
+            acc.wait_for_everyone()
         out.mkdir(parents=True, exist_ok=True)
         if acc.is_main_process:
             (out/'config.json').write_text(json.dumps(cfg.to_dict() | {'model': str(model_dir), 'data': str(data_path or 'in-memory')}, indent=1))
@@ -532,11 +674,9 @@ def train_preference(cfg:PreferenceConfig, # method and settings
 
         def step_fn(model, batch):
             sb, enc = batch['sb'], _to(batch['enc'], acc.device)
-            lp, mask = model(enc)
-            pol = role_logps(lp, mask, enc, sb, cfg.method)
             unwrapped = acc.unwrap_model(model)
-            if table is None: ref = role_logps(*_ref_forward(unwrapped, ref_vlm, enc), enc, sb, cfg.method)
-            else:
+            pol, ref = score_step(model, unwrapped, enc, sb, cfg.method, ref_vlm, live_ref=table is None)
+            if table is not None:
                 ref = table.gather(sb, acc.device)
                 if 'corrupt' in sb.roles:                          # mDPO's fresh crop: live reference on those sequences only
                     sub = StepBatch(sb.rows, sb.images, [sb.seq_images[j] for j in sb.roles['corrupt']],

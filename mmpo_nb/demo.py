@@ -355,7 +355,7 @@ def plan_stages(requested:list[str]|None, # stages asked for (None = all)
         want.add(n); stack += list(graph[n].needs)
     return [n for n in graph if n in want]   # `graph` is written in a dependency order
 
-# %% ../nbs/09a_demo.ipynb #d6fb4107
+# %% ../nbs/09a_demo.ipynb #43573d59
 STAGE_SECONDS = {'data': 31, 'clip': 480, 'sft': 636, 'sae': 88, 'select': 10, 'pairs': 53, 'misp_data': 45, 'aspo_data': 12,
                  'miadpo_data': 12, 'dpo': 53, 'mdpo': 68, 'misp_random': 219, 'misp': 228, 'aspo': 47, 'miadpo': 62, 'report': 1}
 

@@ -7,6 +7,7 @@ Docs: https://mmpo-nb.github.io/mmpo-nb/sft.html.md"""
 # %% ../nbs/03b_sft.ipynb #e7370338
 from __future__ import annotations
 import json, math, time, shutil
+from array import array
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from typing import Callable, Sequence
@@ -101,13 +102,26 @@ class SampleEncoder:
 # %% ../nbs/03b_sft.ipynb #6fe039d0
 @dataclass
 class SFTData:
-    "Pre-processed SFT samples: pixel values per scene, token ids and labels per sample."
-    pixel_values:torch.Tensor   # (N, 3, H, W) float16, processor output for scenes start..start+N-1
-    input_ids:list              # per sample, token ids
-    labels:list                 # per sample, labels (-100 on the prompt)
-    image_index:torch.Tensor    # (S,) row of `pixel_values` each sample looks at
+    "Pre-processed SFT samples: one `uint8` image per scene; the token ids of every sample back to back in one tensor."
+    images:torch.Tensor         # (N, 3, H, W) uint8: scenes start..start+N-1, resized and cropped by the image processor
+    mean:torch.Tensor           # (1, 3, 1, 1) the processor's mean and std on the 0..255 scale: pixels = (images - mean) / std
+    std:torch.Tensor
+    tokens:torch.Tensor         # (T,) int32 token ids of all samples, one after the other
+    offsets:torch.Tensor        # (S + 1,) sample j is tokens[offsets[j]:offsets[j + 1]]
+    n_prompt:torch.Tensor       # (S,) prompt tokens at the start of each sample (labelled -100)
+    image_index:torch.Tensor    # (S,) row of `images` each sample looks at
     presence:torch.Tensor       # (N, C) 1 where a class is in the scene (for the vision warm-up)
-    def __len__(self): return len(self.input_ids)
+    def __len__(self): return len(self.n_prompt)
+    def lengths(self)->list[int]: return self.offsets.diff().tolist()
+
+    def sample(self, j:int)->tuple[list[int], list[int]]:
+        "Token ids and labels (-100 on the prompt) of sample `j`, as `SampleEncoder` made them."
+        x, p = self.tokens[self.offsets[j]:self.offsets[j + 1]].tolist(), int(self.n_prompt[j])
+        return x, [-100] * p + x[p:]
+
+    def pixel_values(self, idx)->torch.Tensor:
+        "Float pixel values of `images[idx]`, the image processor's output rounded to float16 (as the kit's SFT models were trained)."
+        return ((self.images[idx].float() - self.mean) / self.std).half().float()
 
 def build_sft_data(world:ToyWorld, processor, # world to sample, VLM processor to lay out samples with
                    n_scenes:int, # scenes start..start+n_scenes-1
@@ -120,29 +134,36 @@ def build_sft_data(world:ToyWorld, processor, # world to sample, VLM processor t
     "Render, process and tokenise `n_scenes` scenes of SFT samples."
     scenes = world.scenes(n_scenes, start)
     enc = SampleEncoder(processor, world.render(scenes[0]))
-    ip, pix = processor.image_processor, []
+    ip = processor.image_processor
+    def resized(ims): return ip(ims, do_rescale=False, do_normalize=False, return_tensors='pt')['pixel_values']  # uint8
+    images = torch.empty(n_scenes, *resized([enc._image]).shape[1:], dtype=torch.uint8)   # filled in place, chunk by chunk
     for k in tqdm(range(0, n_scenes, chunk), desc='render', disable=not progress, leave=False):
-        pix.append(ip([world.render(s) for s in scenes[k:k+chunk]], return_tensors='pt')['pixel_values'].half())
-    ids, labels, idx = [], [], []
+        images[k:k+chunk] = resized([world.render(s) for s in scenes[k:k+chunk]])
+    # the processor's fused rescale + normalise: (x - mean / scale) / (std / scale), in float32
+    mean, std = (torch.tensor(v) * (1.0 / ip.rescale_factor) for v in (ip.image_mean, ip.image_std))
+    tokens, offsets, n_prompt, idx = array('i'), [0], [], []
     for v in range(variants):
         for i, s in enumerate(tqdm(scenes, desc=f'tokenise v{v}', disable=not progress, leave=False)):
-            for x, y in enc(sft_samples(world, s, variant=v, **kwargs)): ids.append(x); labels.append(y); idx.append(i)
+            for x, y in enc(sft_samples(world, s, variant=v, **kwargs)):
+                tokens.extend(x); offsets.append(len(tokens)); n_prompt.append(y.count(-100)); idx.append(i)
     ci = {c: j for j, c in enumerate(world.classes)}
     presence = torch.zeros(n_scenes, len(ci))
     for i, s in enumerate(scenes):
         for o in s.objects: presence[i, ci[o.name]] = 1
-    return SFTData(torch.cat(pix), ids, labels, torch.tensor(idx), presence)
+    return SFTData(images, mean.view(1, 3, 1, 1), std.view(1, 3, 1, 1), torch.from_numpy(np.array(tokens, dtype=np.int32)),
+                   torch.tensor(offsets), torch.tensor(n_prompt), torch.tensor(idx), presence)
 
 def sft_collate(data:SFTData, idx:Sequence[int], # samples to batch
                 pad_id:int # the tokenizer's pad id
                )->dict:
-    "Right-padded batch: input_ids, attention_mask, labels (-100 on padding) and pixel_values."
-    L = max(len(data.input_ids[j]) for j in idx); B = len(idx)
+    "Right-padded batch: input_ids, attention_mask, labels (-100 on the prompt and the padding) and pixel_values."
+    idx = list(idx); a, z = data.offsets[idx].tolist(), data.offsets[[j + 1 for j in idx]].tolist()
+    L = max(e - s for s, e in zip(a, z)); B = len(idx)
     ids = torch.full((B, L), pad_id); lab = torch.full((B, L), -100); am = torch.zeros(B, L, dtype=torch.long)
-    for b, j in enumerate(idx):
-        x, y = data.input_ids[j], data.labels[j]
-        ids[b, :len(x)] = torch.tensor(x); lab[b, :len(y)] = torch.tensor(y); am[b, :len(x)] = 1
-    return dict(input_ids=ids, attention_mask=am, labels=lab, pixel_values=data.pixel_values[data.image_index[list(idx)]].float())
+    for b, (j, s, e) in enumerate(zip(idx, a, z)):
+        p = int(data.n_prompt[j])
+        ids[b, :e - s] = data.tokens[s:e]; lab[b, p:e - s] = data.tokens[s + p:e]; am[b, :e - s] = 1
+    return dict(input_ids=ids, attention_mask=am, labels=lab, pixel_values=data.pixel_values(data.image_index[idx]))
 
 # %% ../nbs/03b_sft.ipynb #38023b39
 def length_grouped_batches(lengths:Sequence[int], # length of each sample
@@ -197,7 +218,7 @@ def vision_warmup(model, # LLaVA model; its tower, projector and class-word embe
     emb.requires_grad_(True)
     def batch(i):
         j = torch.randint(0, len(data.presence), (batch_size,), generator=torch.Generator().manual_seed(seed * 1_000_003 + i))
-        return data.pixel_values[j].float(), data.presence[j]
+        return data.pixel_values(j), data.presence[j]
     def step(head, b):
         dev = head.bias.device
         return F.binary_cross_entropy_with_logits(head(b[0].to(dev)), b[1].to(dev))
@@ -318,14 +339,14 @@ def _aligned_model(cfg:SFTConfig, world:ToyWorld, run:Path, progress:bool):
     model, processor = _build(cfg, world)
     data = _sft_data(cfg, world, processor, progress)
     log = {'time': {'data_s': time.time() - t0}, 'vision_warmup_loss': []}
-    log['projector_init'] = init_projector(model, data.pixel_values[:512].float())
+    log['projector_init'] = init_projector(model, data.pixel_values(slice(0, 512)))
     if cfg.vision_warmup_steps > 0:
         t1 = time.time()
         cids = class_token_ids(processor.tokenizer, world.classes)
         log['vision_warmup_loss'] = vision_warmup(model, data, cids, cfg.vision_warmup_steps, cfg.vision_warmup_batch,
                                                   cfg.vision_warmup_lr, cfg.seed, progress)
         log['time']['vision_warmup_s'] = time.time() - t1
-        log['projector_rescale'] = init_projector(model, data.pixel_values[:512].float(), standardize=False)
+        log['projector_rescale'] = init_projector(model, data.pixel_values(slice(0, 512)), standardize=False)
     with atomic_dir(run/'warmup', overwrite=True) as tmp:
         model.save_pretrained(tmp); processor.save_pretrained(tmp); (tmp/'warmup_log.json').write_text(json.dumps(log))
     return model, processor, log | {'data': data}
@@ -336,7 +357,7 @@ def _sft_data(cfg:SFTConfig, world:ToyWorld, processor, progress:bool)->SFTData:
 
 def sft_batches(data:SFTData, cfg:SFTConfig, pad_id:int)->Callable[[int], dict]:
     "Batch `i` of the run (a function of `(seed, i)`: epoch `i // batches per epoch`, length-grouped order of that epoch)."
-    lengths = [len(x) for x in data.input_ids]
+    lengths = data.lengths()
     per_epoch, cache = math.ceil(len(lengths) / cfg.batch_size), {}
     def batch(i):
         ep, k = divmod(i, per_epoch)

@@ -105,7 +105,9 @@ def build_clip_data(cfg:ClipTrainConfig, # supplies world, n_scenes, balanced_fr
     n_bal = int(round(cfg.n_scenes * cfg.balanced_frac))
     scenes = w.scenes(cfg.n_scenes - n_bal)
     scenes += [balanced_scene(w, i, 1 + i % cfg.balanced_max_objects, cfg.seed + 10_000) for i in range(n_bal)]
-    imgs = torch.stack([_to_uint8(w.render(s)) for s in tqdm(scenes, desc='rendering', disable=not progress, leave=False)])
+    S = cfg.world.image_size   # filled in place: a list of 18k images and then their stack would hold twice the memory
+    imgs = torch.empty(len(scenes), 3, S, S, dtype=torch.uint8)
+    for i, s in enumerate(tqdm(scenes, desc='rendering', disable=not progress, leave=False)): imgs[i] = _to_uint8(w.render(s))
     caps = [caption_variants(s, rng) for s in scenes]
     uniq = sorted({c for cs in caps for c in cs}); ix = {c: k for k, c in enumerate(uniq)}
     toks = torch.cat([tokenizer(uniq[i:i+4096]) for i in range(0, len(uniq), 4096)])

@@ -6,7 +6,7 @@ Docs: https://mmpo-nb.github.io/mmpo-nb/demo.html.md"""
 
 # %% ../nbs/09a_demo.ipynb #da1acaef
 from __future__ import annotations
-import base64, io, json, math, multiprocessing as mp, os, re, resource, sys, time, traceback
+import base64, gc, io, json, math, multiprocessing as mp, os, re, resource, sys, time, traceback
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from typing import Callable
@@ -29,13 +29,13 @@ from .miadpo import MIADPOConfig, miadpo_dataset
 from .train import PreferenceConfig, train_preference
 
 # %% auto #0
-__all__ = ['EVAL_KEYS', 'PREFERENCE_RUNS', 'REPORT_COLUMNS', 'REPORT_SECTIONS', 'STAGES', 'DemoConfig', 'stage_output',
-           'stage_data', 'stage_clip', 'eval_model', 'stage_sft', 'stage_sae', 'error_types_of_picks', 'stage_select',
-           'stage_pairs', 'with_selection', 'stage_misp_data', 'stage_aspo_data', 'stage_miadpo_data',
+__all__ = ['EVAL_KEYS', 'PREFERENCE_RUNS', 'REPORT_COLUMNS', 'REPORT_SECTIONS', 'STAGES', 'STAGE_SECONDS', 'DemoConfig',
+           'stage_output', 'stage_data', 'stage_clip', 'eval_model', 'stage_sft', 'stage_sae', 'error_types_of_picks',
+           'stage_select', 'stage_pairs', 'with_selection', 'stage_misp_data', 'stage_aspo_data', 'stage_miadpo_data',
            'preference_stage', 'results_table', 'markdown_table', 'write_report', 'negative_map_section',
            'attribution_section', 'sentence_weight_section', 'report_sections', 'make_report', 'Stage', 'stage_report',
-           'plan_stages', 'stage_progress', 'peak_rss_mb', 'tree_pss_mb', 'run_stage', 'run_graph', 'run_demo',
-           'find_demo_run']
+           'plan_stages', 'stage_order', 'stage_progress', 'peak_rss_mb', 'tree_pss_mb', 'run_stage', 'run_graph',
+           'run_demo', 'find_demo_run']
 
 # %% ../nbs/09a_demo.ipynb #10ac6e5f
 @dataclass
@@ -472,6 +472,20 @@ def plan_stages(requested:list[str]|None, # stages asked for (None = all)
         want.add(n); stack += list(graph[n].needs)
     return [n for n in graph if n in want]   # `graph` is written in a dependency order
 
+# %% ../nbs/09a_demo.ipynb #43573d59
+STAGE_SECONDS = {'data': 31, 'clip': 480, 'sft': 636, 'sae': 88, 'select': 10, 'pairs': 53, 'misp_data': 45, 'aspo_data': 12,
+                 'miadpo_data': 12, 'dpo': 53, 'mdpo': 68, 'misp_random': 219, 'misp': 228, 'aspo': 47, 'miadpo': 62, 'report': 1}
+
+def stage_order(graph:dict[str, Stage], # name -> Stage
+                todo:list[str], # stages to run, in a dependency order (`plan_stages`)
+                costs:dict[str, float]|None=None, # expected seconds per stage (missing: 0)
+               )->list[str]: # `todo` by decreasing critical path (still a dependency order)
+    "The order in which to start `todo`: longest expected path to the end of the run first."
+    costs, cp = costs or {}, {}
+    for n in reversed(todo):   # the stages that need `n` come after it
+        cp[n] = costs.get(n, 0) + max((cp[m] for m in todo if n in graph[m].needs and m in cp), default=0)
+    return sorted(todo, key=lambda n: -cp[n])   # stable: equal paths keep the dependency order
+
 # %% ../nbs/09a_demo.ipynb #3ef97259
 _TQDM = re.compile(r'(\d+)%\|[^|]*\|\s*(\d+)/(\d+)\s*\[([\d:]+)<([\d:?]+)')
 
@@ -499,12 +513,13 @@ def tree_pss_mb(pids:list[int])->float:
     return round(tot / 1024, 1)
 
 def run_stage(cfg:DemoConfig, name:str, graph:dict[str, Stage]|None=None)->dict:
-    "Run one stage in this process and record its metrics, wall time and peak RSS in `<stage>/stage.json`."
+    "Run one stage in this process and record its metrics, wall and CPU time and peak RSS in `<stage>/stage.json`."
     graph = graph or STAGES
     folder = cfg.folder/name; folder.mkdir(parents=True, exist_ok=True)
     (folder/'stage.json').unlink(missing_ok=True)
-    seed_everything(cfg.seed); t0 = time.time()
-    metrics = {**graph[name].fn(cfg, folder), f'{name}/seconds': round(time.time() - t0, 1), f'{name}/peak_rss_mb': peak_rss_mb()}
+    seed_everything(cfg.seed); t0, c0 = time.time(), time.process_time()
+    metrics = {**graph[name].fn(cfg, folder), f'{name}/seconds': round(time.time() - t0, 1),
+               f'{name}/cpu_seconds': round(time.process_time() - c0, 1), f'{name}/peak_rss_mb': peak_rss_mb()}
     tmp = folder/'.stage.json.tmp'; tmp.write_text(json.dumps(metrics, indent=1)); tmp.replace(folder/'stage.json')
     return metrics
 
@@ -525,8 +540,10 @@ def run_graph(graph:dict[str, Stage], # name -> Stage (its `needs` order the run
               folder:Path, # each stage's log goes to `<folder>/<name>/log.txt`
               jobs:int=2, # stages at a time, each in a forked single-threaded process (1 = in this process)
               log:Callable[[str], None]=print, poll:float=1.0, desc:str='stages',
+              costs:dict[str, float]|None=None, # expected seconds per stage: ready stages start by `stage_order`
              )->tuple[dict, float]: # failed stage -> why; peak PSS (MB) of this process and its stage processes together
     "Run `todo` as the graph allows, at most `jobs` at a time, with a progress bar and each running stage's progress and ETA."
+    todo = stage_order(graph, todo, costs)
     if jobs > 1 and 'fork' not in mp.get_all_start_methods(): log("no fork on this platform: stages run one at a time"); jobs = 1
     failed, finished, peak = {}, set(), tree_pss_mb([os.getpid()])
     def _done(n):
@@ -550,6 +567,7 @@ def run_graph(graph:dict[str, Stage], # name -> Stage (its `needs` order the run
                 if all(d in finished for d in graph[n].needs if d in todo):
                     log(f"[{n}] started: {graph[n].fn.__doc__}")
                     (folder/n).mkdir(parents=True, exist_ok=True)
+                    gc.collect(); gc.freeze()   # the child's collections then leave the inherited objects' pages shared
                     p = ctx.Process(target=_child, args=(run_one, n, folder/n/'log.txt')); p.start()
                     running[n] = p; pending.remove(n)
             time.sleep(poll)
@@ -562,6 +580,7 @@ def run_graph(graph:dict[str, Stage], # name -> Stage (its `needs` order the run
                     tail = (folder/n/'log.txt').read_text(errors='ignore')[-1500:] if (folder/n/'log.txt').exists() else ''
                     failed[n] = f'exit code {p.exitcode}'; log(f"[{n}] FAILED ({failed[n]}); end of {folder/n/'log.txt'}:\n{tail}")
             bar.set_postfix_str(' | '.join(f'{n} {stage_progress(folder/n/"log.txt")}'.strip() for n in running))
+        gc.unfreeze()
     bar.close()
     return failed, peak
 
@@ -582,7 +601,8 @@ def run_demo(cfg:DemoConfig|None=None, # sizes and settings; default `DemoConfig
     todo = plan_stages(stages, done, force)
     for n in (set(stages or STAGES) & done) - set(todo): log(f"[{n}] done earlier, skipping ({root/n/'stage.json'})")
     t0 = time.time()
-    failed, peak = run_graph(STAGES, todo, lambda n: run_stage(cfg, n), root, jobs=jobs, log=log, poll=poll, desc='mmpo demo')
+    failed, peak = run_graph(STAGES, todo, lambda n: run_stage(cfg, n), root, jobs=jobs, log=log, poll=poll, desc='mmpo demo',
+                             costs=STAGE_SECONDS)
     summary = {n: json.loads((root/n/'stage.json').read_text()) for n in STAGES if (root/n/'stage.json').exists()}
     summary['demo'] = {'demo/seconds': round(time.time() - t0, 1), 'demo/jobs': jobs, 'demo/peak_pss_mb': peak,
                        'demo/max_stage_peak_rss_mb': max((m.get(f'{n}/peak_rss_mb', 0) for n, m in summary.items()), default=0)}

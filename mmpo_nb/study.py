@@ -471,9 +471,13 @@ def claims(res:dict # `summarize_study` output without 'claims'
     t, s = res['table'].get('miadpo'), res['table']['sft']['metrics'].get('multi/acc')
     if t and 'multi/acc' in t['metrics'] and s is not None:
         m, h = t['metrics']['multi/acc']; d = m - s[0]
-        st = 'supported' if d - h > 0 else 'contradicted' if d + h < 0 else 'not supported'
+        n_q = 2 * res['config']['multi_n'] * (len(READ_SETTINGS) - 1)   # SFT's answers behind its one value (questions taken as independent)
+        h_s = 1.96 * math.sqrt(s[0] * (1 - s[0]) / n_q)                # SFT is one evaluation: its own binomial noise
+        hh = math.hypot(h, h_s)
+        st = 'supported' if d - hh > 0 else 'contradicted' if d + hh < 0 else 'not supported'
         if math.isnan(h): st = 'not supported (one seed: no CI)'
-        out.append(_claim('MIA-DPO improves multi-image questions', st, {'multi-image acc': f"MIA-DPO {m:.4f} ± {h:.4f} vs SFT {s[0]:.4f} (diff {d:+.4f})"}))
+        out.append(_claim('MIA-DPO improves multi-image questions', st, {'multi-image acc':
+            f"MIA-DPO {m:.4f} ± {h:.4f} (seeds) vs SFT {s[0]:.4f} ± {h_s:.4f} (binomial, {n_q} answers): diff {d:+.4f} ± {hh:.4f}"}))
     else: out.append(_claim('MIA-DPO improves multi-image questions', 'not tested', {}))
     return out
 

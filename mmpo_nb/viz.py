@@ -676,9 +676,11 @@ def study_points(results:dict, # `mmpo study`'s results.json: 'table' (arm -> me
                                          'ci': [nan2(tab[a]['metrics'].get(k))[1] for a in arms],
                                          'sft': nan2(tab['sft']['metrics'].get(k))} for k in keys}}
     sw = [r for r in results.get('sweep') or [] if r.get(sweep_key) is not None]
+    sw = list({(r['k'], r.get('beta'), r.get('seed')): r for r in sw}.values())   # K max at the chosen β is one run, listed twice
+    beta0 = ((tab.get('misp') or {}).get('setting') or {}).get('beta')              # the K sweep runs at MISP's chosen β
     k_max = max((r['k'] for r in sw), default=None)
     def agg(pts, x): return [(v, *_t_ci([r[sweep_key] for r in pts if x(r) == v])) for v in sorted({x(r) for r in pts})]
-    out['sweep_k'] = agg([r for r in sw if r.get('beta') is None], lambda r: r['k'])        # (K, mean, half-width) at the default β
+    out['sweep_k'] = agg([r for r in sw if r.get('beta') in (None, beta0)], lambda r: r['k'])   # (K, mean, half-width) at the chosen β
     out['sweep_beta'] = agg([r for r in sw if r.get('beta') is not None and r['k'] == k_max], lambda r: r['beta'])   # (β, ...) at K max
     out['k_max'], out['sweep_key'] = k_max, sweep_key
     return out

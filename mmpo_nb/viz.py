@@ -682,7 +682,7 @@ def study_points(results:dict, # `mmpo study`'s results.json: 'table' (arm -> me
     def agg(pts, x): return [(v, *_t_ci([r[sweep_key] for r in pts if x(r) == v])) for v in sorted({x(r) for r in pts})]
     out['sweep_k'] = agg([r for r in sw if r.get('beta') in (None, beta0)], lambda r: r['k'])   # (K, mean, half-width) at the chosen β
     out['sweep_beta'] = agg([r for r in sw if r.get('beta') is not None and r['k'] == k_max], lambda r: r['beta'])   # (β, ...) at K max
-    out['k_max'], out['sweep_key'] = k_max, sweep_key
+    out['k_max'], out['sweep_key'], out['beta0'] = k_max, sweep_key, beta0
     return out
 
 def plot_study(results:dict, # `mmpo study`'s results.json (see `study_points`)
@@ -704,7 +704,7 @@ def plot_study(results:dict, # `mmpo study`'s results.json (see `study_points`)
         v, mu, h = map(np.asarray, zip(*pts))
         ax.errorbar(v, mu, yerr=np.nan_to_num(h.astype(float)), fmt='o-', capsize=3, color='C1')
         if sweep_key in p['metrics']: ax.axhline(p['metrics'][sweep_key]['sft'][0], color='0.4', ls='--', label='SFT'); ax.legend(fontsize=7)
-        ax.set_xlabel(n if n == 'K' else 'β'); ax.set_title(f"MISP-DPO sweep: {sweep_key}" + (' (default β)' if n == 'K' else f" (K={p['k_max']})"), fontsize=9)
+        ax.set_xlabel(n if n == 'K' else 'β'); ax.set_title(f"MISP-DPO sweep: {sweep_key}" + ((' (default β)' if p['beta0'] is None else f" (β={p['beta0']:g}, MISP's chosen)") if n == 'K' else f" (K={p['k_max']})"), fontsize=9)
         if n == 'K': ax.set_xticks(v)
     if title: fig.suptitle(title, fontsize=10)
     fig.tight_layout()

@@ -30,12 +30,12 @@ from .train import PreferenceConfig, train_preference
 
 # %% auto #0
 __all__ = ['EVAL_KEYS', 'PREFERENCE_RUNS', 'REPORT_COLUMNS', 'REPORT_SECTIONS', 'STAGES', 'STAGE_SECONDS', 'DemoConfig',
-           'stage_output', 'stage_data', 'stage_clip', 'eval_model', 'stage_sft', 'stage_sae', 'error_types_of_picks',
-           'stage_select', 'stage_pairs', 'with_selection', 'stage_misp_data', 'stage_aspo_data', 'stage_miadpo_data',
-           'preference_stage', 'results_table', 'markdown_table', 'write_report', 'negative_map_section',
-           'attribution_section', 'sentence_weight_section', 'report_sections', 'make_report', 'Stage', 'stage_report',
-           'plan_stages', 'stage_order', 'stage_progress', 'peak_rss_mb', 'tree_pss_mb', 'run_stage', 'run_graph',
-           'run_demo', 'find_demo_run']
+           'stage_output', 'stage_data', 'stage_clip', 'eval_model', 'stage_sft', 'stage_sae', 'error_types_per_row',
+           'error_types_of_picks', 'stage_select', 'stage_pairs', 'with_selection', 'stage_misp_data',
+           'stage_aspo_data', 'stage_miadpo_data', 'preference_stage', 'results_table', 'markdown_table',
+           'write_report', 'negative_map_section', 'attribution_section', 'sentence_weight_section', 'report_sections',
+           'make_report', 'Stage', 'stage_report', 'plan_stages', 'stage_order', 'stage_progress', 'peak_rss_mb',
+           'tree_pss_mb', 'run_stage', 'run_graph', 'run_demo', 'find_demo_run']
 
 # %% ../nbs/09a_demo.ipynb #10ac6e5f
 @dataclass
@@ -125,15 +125,18 @@ def stage_sae(cfg:DemoConfig, folder:Path)->dict:
     last = read_log(folder)[-1]
     return {'sae/folder': str(folder/'sae'), **{k: v for k,v in last.items() if k.startswith('sae/')}}
 
-def error_types_of_picks(table_file)->float:
-    "Mean number of distinct ground-truth difference types between each row's positive and its selected negatives."
+def error_types_per_row(table_file)->dict: # scene_id -> distinct difference types covered by the row's picks
+    "Per row of a selection table: how many distinct ground-truth difference types its selected negatives cover."
     import pyarrow.parquet as pq
     rows = pq.read_table(table_file, columns=['scene', 'scene_id', 'neg_scenes', 'selected_neg_ids']).to_pylist()
-    scenes = {}
+    scenes = {}                                   # the gallery: picks may come from another row's pool
     for r in rows:
-        s = Scene.from_json(r['scene']); scenes[s.scene_id] = s
-        for n in r['neg_scenes']: n = Scene.from_json(n); scenes[n.scene_id] = n
-    cover = [len({d for j in r['selected_neg_ids'] for d in scene_diff(scenes[r['scene_id']], scenes[j])}) for r in rows]
+        for s in [Scene.from_json(r['scene']), *(Scene.from_json(n) for n in r['neg_scenes'])]: scenes[s.scene_id] = s
+    return {r['scene_id']: len({d for j in r['selected_neg_ids'] for d in scene_diff(scenes[r['scene_id']], scenes[j])}) for r in rows}
+
+def error_types_of_picks(table_file)->float:
+    "Mean number of distinct ground-truth difference types between each row's positive and its selected negatives."
+    cover = list(error_types_per_row(table_file).values())
     return sum(cover) / len(cover)
 
 def stage_select(cfg:DemoConfig, folder:Path)->dict:

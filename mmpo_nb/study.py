@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 import numpy as np
 from scipy import stats as sps
 from .core import DataError
-from .toyworld import ToyWorld, WorldConfig, Scene, scene_diff, questions
+from .toyworld import ToyWorld, WorldConfig, Scene, questions
 from .metrics import parse_yes_no, qa_accuracy, chair, POPE_SPLITS
 from .loop import read_log
 from .data import read_dataset
@@ -21,13 +21,13 @@ from .vlm import load_vlm, load_adapter
 from .sft import evaluate_vlm
 from .miadpo import readability, READ_SETTINGS
 from .train import PreferenceConfig, train_preference, DEFAULT_BETA
-from .demo import DemoConfig, Stage, run_graph, peak_rss_mb
+from .demo import DemoConfig, Stage, run_graph, peak_rss_mb, error_types_per_row
 
 # %% auto #0
 __all__ = ['ARMS', 'FIXED', 'METRICS', 'PAIRED', 'LOWER_IS_BETTER', 'mean_ci', 'mcnemar', 'paired_bootstrap', 'Arm',
            'StudyConfig', 'evaluate_items', 'logp_trend', 'train_arm', 'multi_image_acc', 'val_score', 'choose',
-           'study_tasks', 'run_task', 'check_resume', 'run_study', 'paired_diff', 'verdict', 'error_types_per_row',
-           'error_type_diff', 'summarize_study', 'claims', 'results_markdown', 'save_results', 'write_figures']
+           'study_tasks', 'run_task', 'check_resume', 'run_study', 'paired_diff', 'verdict', 'error_type_diff',
+           'summarize_study', 'claims', 'results_markdown', 'save_results', 'write_figures']
 
 # %% ../nbs/10a_study.ipynb #52033cc5
 def mean_ci(xs:Sequence[float], # one value per seed
@@ -385,15 +385,6 @@ def verdict(r:dict, # a paired difference: lo, hi
     return 'better' if r['lo'] > 0 else 'worse' if r['hi'] < 0 else 'no difference'
 
 # %% ../nbs/10a_study.ipynb #fe29597b
-def error_types_per_row(table_file)->dict: # scene_id -> distinct difference types covered by the row's picks
-    "Per row of a selection table: how many ground-truth error types its selected negatives cover."
-    import pyarrow.parquet as pq
-    rows = pq.read_table(table_file, columns=['scene', 'scene_id', 'neg_scenes', 'selected_neg_ids']).to_pylist()
-    scenes = {}                                   # the gallery: picks may come from another row's pool
-    for r in rows:
-        for s in [Scene.from_json(r['scene']), *(Scene.from_json(n) for n in r['neg_scenes'])]: scenes[s.scene_id] = s
-    return {r['scene_id']: len({d for j in r['selected_neg_ids'] for d in scene_diff(scenes[r['scene_id']], scenes[j])}) for r in rows}
-
 def error_type_diff(cfg:StudyConfig)->dict:
     "Mean error types covered by SAE-selected minus random picks, with a paired bootstrap CI over rows."
     sel = _stage(cfg, 'select')

@@ -7,6 +7,7 @@ Docs: https://mmpo-nb.github.io/mmpo-nb/loop.html.md"""
 # %% ../nbs/00b_loop.ipynb #ecf846fc
 from __future__ import annotations
 import json, math, shutil, time, contextlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -227,6 +228,8 @@ class TrainLoopConfig:
     save_every:int = 0            # steps between checkpoints (0: only at the end); needs a run folder
     keep:int = 2                  # checkpoints kept
     batch_size:int|None = None    # rows per micro-batch: only DeepSpeed reads it (`train_micro_batch_size_per_gpu`, default 1)
+    prefetch:bool = False         # build the next micro-batch in a background thread while this one trains (only for a `batches(i)`
+                                  # that depends on i alone: no global RNG, nothing the step changes)
     progress:bool = True          # tqdm bar
     desc:str = 'train'            # bar label
 
@@ -279,6 +282,22 @@ class FitResult:
 
 def _micro_batch(batches, i):
     return batches(i) if callable(batches) else batches[i % len(batches)]
+
+class _Prefetch:
+    "Micro-batches by global index; with `on`, the next one is built in one background thread while the current one trains."
+    def __init__(self, batches, on:bool):
+        self.batches, self.pending = batches, None
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix='mmpo-batches') if on and callable(batches) else None
+
+    def get(self, i:int, following:int|None)->Any:
+        "Micro-batch `i`; then start building `following` (None: nothing follows)."
+        if self.pool is None: return _micro_batch(self.batches, i)
+        b = self.pending[1].result() if self.pending is not None and self.pending[0] == i else self.batches(i)
+        self.pending = None if following is None else (following, self.pool.submit(self.batches, following))
+        return b
+
+    def close(self):
+        if self.pool is not None: self.pool.shutdown(wait=True, cancel_futures=True)
 
 def _split(res):
     if isinstance(res, tuple):
@@ -342,13 +361,15 @@ def fit(step_fn:Callable, # (model, batch) -> loss tensor, or (loss, {name: floa
         n_epoch = epoch_len if callable(batches) else len(batches)
         if not callable(batches) and not n_epoch: raise ValueError("batches is empty")
         stopped = False
+        feed = _Prefetch(batches, cfg.prefetch)
         model.train()
         try:
             while step < cfg.steps:
                 sums, loss_sum = {}, 0.0
                 for a in range(A):
                     i = (step * A + a) * P + r
-                    batch = _micro_batch(batches, i)
+                    following = i + P if a + 1 < A or step + 1 < cfg.steps else None   # this rank's next micro-batch
+                    batch = feed.get(i, following)
                     # accumulate: no gradient sync (DDP/FSDP) and DeepSpeed's accumulation boundary unless a == A-1;
                     # accelerate's backward divides the loss by A (DeepSpeed's engine does it itself)
                     with acc.accumulate(model):
@@ -385,6 +406,6 @@ def fit(step_fn:Callable, # (model, batch) -> loss tensor, or (loss, {name: floa
                 if out is not None and (last or halt or (cfg.save_every and step % cfg.save_every == 0)):
                     save_checkpoint(acc, out, step, keep=cfg.keep, extra={'time': log.elapsed()})
                 if halt and not last: stopped = True; break
-        finally: log.close()
+        finally: log.close(); feed.close()
         model.eval()
         return FitResult(acc.unwrap_model(model), step, log.lines, resumed, stopped, acc)

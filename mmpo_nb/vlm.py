@@ -6,7 +6,7 @@ Docs: https://mmpo-nb.github.io/mmpo-nb/vlm.html.md"""
 
 # %% ../nbs/03a_vlm.ipynb #259099b0
 from __future__ import annotations
-import re, json, string, contextlib
+import re, json, string, contextlib, threading, weakref
 from pathlib import Path
 from typing import Iterable, Sequence
 import torch
@@ -213,6 +213,14 @@ def _token_sentences(offsets, spans, n)->list[int]:
         out.append(cur)
     return out
 
+_PROC_STATE, _PROC_STATE_LOCK = weakref.WeakKeyDictionary(), threading.Lock()
+
+def _processor_state(processor)->tuple:
+    "(lock, rendered-prompt memo) of a processor: HF fast tokenizers refuse concurrent calls ('Already borrowed'), so one call at a time."
+    with _PROC_STATE_LOCK:
+        try: return _PROC_STATE.setdefault(processor, (threading.Lock(), {}))
+        except TypeError: return threading.Lock(), {}            # not weak-referenceable: nothing shared
+
 def encode_batch(processor, # a VLM processor (`LlavaProcessor`, `Qwen2VLProcessor`, ...)
                  images:Sequence[Sequence], # per sample, a list of PIL images (may be empty)
                  prompts:Sequence[str], # per sample, the user prompt (may contain `<image>` placeholders)
@@ -222,18 +230,25 @@ def encode_batch(processor, # a VLM processor (`LlavaProcessor`, `Qwen2VLProcess
                  add_eos:bool=True # end each response with the tokenizer's eos
                 )->dict:
     "Batch for `response_logps`/`generate`: model inputs plus `response_mask`, `sentence_ids`, `image_token_counts`."
-    tok = processor.tokenizer
     B = len(prompts)
     if len(images) != B: raise ValueError(f"{len(images)} image lists for {B} prompts")
     if responses is not None and len(responses) != B: raise ValueError(f"{len(responses)} responses for {B} prompts")
     if padding_side not in ('left', 'right'): raise ValueError(f"padding_side must be 'left' or 'right', not {padding_side!r}")
+    lock, memo = _processor_state(processor)                    # memo: rendered prompts (a preference batch repeats them)
+    with lock: return _encode_batch(processor, images, prompts, responses, padding_side, spans, add_eos, memo)
+
+def _encode_batch(processor, images, prompts, responses, padding_side, spans, add_eos, memo)->dict:
+    tok, B = processor.tokenizer, len(prompts)
     images = [list(ims) if isinstance(ims, (list, tuple)) else [ims] for ims in images]
     img_tok = getattr(processor, 'image_token', IMAGE_PLACEHOLDER)
     texts = []
     for i, (ims, p) in enumerate(zip(images, prompts)):
-        t = processor.apply_chat_template([{"role": "user", "content": _user_content(p, len(ims), i)}], add_generation_prompt=True, tokenize=False)
-        if t.count(img_tok) != len(ims):
-            raise ValueError(f"sample {i}: the rendered prompt has {t.count(img_tok)} image tokens {img_tok!r} but {len(ims)} images were given")
+        key = (p, len(ims), str(processor.chat_template))
+        if (t := memo.get(key)) is None:
+            t = processor.apply_chat_template([{"role": "user", "content": _user_content(p, len(ims), i)}], add_generation_prompt=True, tokenize=False)
+            if t.count(img_tok) != len(ims):
+                raise ValueError(f"sample {i}: the rendered prompt has {t.count(img_tok)} image tokens {img_tok!r} but {len(ims)} images were given")
+            if len(memo) < 4096: memo[key] = t
         texts.append(t)
     flat = [im for ims in images for im in ims]
     enc = processor(images=flat or None, text=texts, padding=True, return_tensors='pt')
@@ -257,7 +272,7 @@ def encode_batch(processor, # a VLM processor (`LlavaProcessor`, `Qwen2VLProcess
             sp = list(spans[i]) if spans is not None else sentence_spans(responses[i])
             if not sp: sp = [(0, max(len(responses[i]), 1))]
             resp_ids[i] = list(r['input_ids'][i]) + ([tok.eos_token_id] if add_eos else [])
-            sent_ids[i] = _token_sentences(r['offset_mapping'][i], sp, len(resp_ids[i]))
+            sent_ids[i] = _token_sentences(r['offset_mapping'][i], sp, len(resp_ids[i])) if len(sp) > 1 else [0] * len(resp_ids[i])
     L = max(len(ids[i]) + len(resp_ids[i]) for i in range(B))
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     out = {k: torch.full((B, L), v, dtype=torch.long) for k, v in

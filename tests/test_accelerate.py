@@ -1,4 +1,5 @@
-"""`accelerate launch` of the preference trainer on 2 CPU processes (gloo) against 1 process with the same global batch.
+"""`accelerate launch` of the preference trainer on 2 CPU processes (gloo) against 1 process with the same global batch,
+and resume after `kill -9` under FSDP2 and DeepSpeed ZeRO-2/3 on 2 CPU processes.
 
 2 ranks x 2 accumulated micro-batches of 1 row and 1 process x 4 accumulated micro-batches of 1 row see the same rows per
 step (`loop.fit` hands micro-batch (s*A + a)*P + r to rank r), so the loss curves must agree and both ranks must end with
@@ -7,18 +8,26 @@ writes the cache) and the 1-process run uses the live reference (adapter disable
 gathered cache row by row. Both evaluate on 2 held-out scenes at the end: every rank must run the evaluation (ZeRO-3 / FSDP
 need every rank in every forward) and the logged numbers must be the 1-process ones. The driver wraps
 `mmpo_nb.train.fit` to write each rank's trainable weights and evaluation next to the run.
+
+The resume test runs the shipped fsdp.yaml (and zero2/zero3.yaml where `deepspeed` is installed) on the same 2 CPU ranks.
+accelerate turns FSDP and DeepSpeed on only for GPU-type processes, so its driver shims accelerate's process state before
+the real `mmpo train dpo` runs; the checkpoints it checks are the backends' own (`pytorch_model_fsdp.bin`, `pytorch_model/`).
 """
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
+
+from mmpo_nb.loop import list_checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU_GLOO = ROOT/'configs'/'accelerate'/'cpu_gloo.yaml'
@@ -112,3 +121,123 @@ def test_two_gloo_ranks_match_one_process(tiny):
     (ev2,), (ev1,) = ([r for r in _lines(tiny/run) if 'eval/chair_i' in r] for run in ('two', 'one'))
     for k, v in ev1.items():
         if k.startswith('eval/'): assert ev2[k] == pytest.approx(v, abs=1e-9), k
+
+
+RESUME_DRIVER = textwrap.dedent('''
+    """`mmpo train dpo` under FSDP2 or DeepSpeed on CPU ranks (gloo). accelerate turns both on only for GPU-type processes,
+    so this shims the distributed state first; everything after that (prepare, save_state/load_state, the trainer) is the
+    real code. argv: backend, pause ('pause': sleep after the first checkpoint, for the test to kill the ranks there), CLI args."""
+    import sys, time, torch
+    import mmpo_nb.loop as L
+    import mmpo_nb.train as T
+    backend, pause, args = sys.argv[1], sys.argv[2] == 'pause', sys.argv[3:]
+    if backend == 'fsdp':
+        # a gloo CPU state that says MULTI_GPU: accelerate then builds its FSDP plugin, and FSDP2 (fully_shard,
+        # torch.distributed.checkpoint) runs on CPU tensors
+        from accelerate.state import PartialState
+        from accelerate.utils import DistributedType
+        PartialState(cpu=True).distributed_type = DistributedType.MULTI_GPU
+    else:
+        import dataclasses, deepspeed
+        deepspeed.init_distributed(dist_backend='gloo')          # DS_ACCELERATOR=cpu: DeepSpeed's CPU accelerator
+        make = L.make_accelerator
+        def make_accelerator(cfg):
+            # DeepSpeed needs Accelerator(cpu=False), and accelerate then asks CUDA for the backend and device: pretend during
+            # __init__ only (the process group is already gloo; ACCELERATE_TORCH_DEVICE=cpu keeps the device on the CPU)
+            real = torch.cuda.is_available; torch.cuda.is_available = lambda: True
+            try: return make(dataclasses.replace(cfg, cpu=False, mixed_precision='no'))
+            finally: torch.cuda.is_available = real
+        T.make_accelerator = make_accelerator
+
+    if pause:
+        save = L.save_checkpoint
+        def save_then_wait(acc, run, step, **k):
+            res = save(acc, run, step, **k)
+            if step == 1: time.sleep(300)
+            return res
+        L.save_checkpoint = save_then_wait
+    fit = T.fit
+    def fit_and_note(*a, **k):
+        res = fit(*a, **k)
+        (k['out']/f"resumed_from-rank{res.accelerator.process_index}").write_text(str(res.resumed_from))
+        return res
+    T.fit = fit_and_note
+
+    from mmpo_nb.cli import app
+    app(['train', 'dpo', *args], standalone_mode=False)
+''')
+
+
+def _descendants(pid:int)->list[int]:
+    "Every process below `pid` (torchrun starts each rank in a session of its own, so a process group kill would miss them)."
+    kids = {}
+    for p in Path('/proc').iterdir():
+        if not p.name.isdigit(): continue
+        try: ppid = int((p/'stat').read_text().rsplit(')', 1)[1].split()[1])
+        except (OSError, IndexError, ValueError): continue
+        kids.setdefault(ppid, []).append(int(p.name))
+    out, todo = [], [pid]
+    while todo:
+        for c in kids.get(todo.pop(), []): out.append(c); todo.append(c)
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('backend', ['fsdp', 'zero2', 'zero3'])
+def test_resume_after_sigkill_sharded(tiny, tmp_path_factory, backend):
+    """kill -9 of both ranks (and the launcher) after the first checkpoint, then resume: the same adapter and losses as an
+    uninterrupted run. FSDP2 with the shipped fsdp.yaml (FULL_STATE_DICT); ZeRO-2/3 with zero2.yaml / zero3.yaml where
+    `deepspeed` is installed (it is not a dependency). 2 CPU ranks, fp32, 3 steps of 2 accumulated micro-batches. The killed
+    run sleeps after checkpoint-1, so the SIGKILL of the launcher and both ranks always lands mid-run, after a complete checkpoint."""
+    if backend != 'fsdp': pytest.importorskip('deepspeed')
+    d = tmp_path_factory.mktemp(backend)
+    (d/'driver.py').write_text(RESUME_DRIVER)
+    (d/'dpo.yaml').write_text('steps: 3\nbatch_size: 1\nlr: 0.01\nlora_r: 4\nlora_alpha: 8\nprogress: false\nseed: 0\n'
+                              'save_every: 1\nkeep: 2\n')
+    env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1', TOKENIZERS_PARALLELISM='false',
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get('PYTHONPATH', '')]))
+    if backend == 'fsdp': env['ACCELERATE_USE_CPU'] = '1'
+    else:
+        env.pop('ACCELERATE_USE_CPU', None)       # it would force Accelerator(cpu=True), which turns DeepSpeed off
+        env |= {'DS_ACCELERATOR': 'cpu', 'ACCELERATE_TORCH_DEVICE': 'cpu', 'TORCH_EXTENSIONS_DIR': str(tmp_path_factory.getbasetemp()/'torch_ext')}
+    config = ROOT/'configs'/'accelerate'/f'{backend}.yaml'
+
+    def launch(out, pause=False, **kw):
+        cmd = [sys.executable, '-m', 'accelerate.commands.launch', '--config_file', str(config), '--num_processes', '2',
+               '--mixed_precision', 'no', '--main_process_port', str(_free_port()), str(d/'driver.py'), backend,
+               'pause' if pause else 'run', '--data', str(tiny/'data'), '--model', str(tiny/'model'), '--out', str(d/out),
+               '--config', str(d/'dpo.yaml'), '--grad-accum', '2', '--live-ref']
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+    def finish(p):
+        out = p.communicate(timeout=300)[0]
+        assert p.returncode == 0, out[-3000:]
+
+    finish(launch('full'))
+    run = d/'killed'
+    p, t0 = launch('killed', pause=True), time.time()
+    while not list_checkpoints(run):
+        assert p.poll() is None, p.communicate()[0][-3000:]
+        assert time.time() - t0 < 300, 'no checkpoint after 300 s'
+        time.sleep(0.05)
+    victims = _descendants(p.pid) + [p.pid]
+    for pid in victims: os.kill(pid, signal.SIGKILL)
+    p.communicate()
+    assert p.returncode == -signal.SIGKILL
+    assert not (run/'final').exists() and [c.name for c in list_checkpoints(run)] == ['checkpoint-1']
+    ck = run/'checkpoint-1'
+    state = json.loads((ck/'loop_state.json').read_text())
+    assert state['step'] == 1 and state['format'] == ('fsdp' if backend == 'fsdp' else 'deepspeed')
+    assert not (ck/'model.safetensors').exists()                       # the backend's own files, not the plain format
+    assert (ck/'pytorch_model_fsdp.bin').exists() if backend == 'fsdp' else (ck/'pytorch_model').is_dir()
+    assert {f.name for f in ck.glob('random_states_*.pkl')} == {'random_states_0.pkl', 'random_states_1.pkl'}
+
+    finish(launch('killed'))
+    assert [(run/f'resumed_from-rank{r}').read_text() for r in (0, 1)] == ['1', '1']
+    a, b = (load_file(d/r/'final'/'adapter_model.safetensors') for r in ('full', 'killed'))
+    assert a.keys() == b.keys() and any('lora_B' in k for k in a)
+    assert any(v.abs().max() > 0 for k, v in a.items() if 'lora_B' in k)             # B starts at 0: it trained
+    for k in a: torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6)
+    lf, lk = ([(r['step'], r['loss/total']) for r in _lines(d/x)] for x in ('full', 'killed'))
+    assert [s for s, _ in lk] == [1, 2, 3] and [s for s, _ in lf] == [1, 2, 3]
+    assert max(abs(x[1] - y[1]) for x, y in zip(lk, lf)) < 1e-6, (lk, lf)

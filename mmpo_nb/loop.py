@@ -21,9 +21,9 @@ from tqdm.auto import tqdm
 from .core import seed_everything
 
 # %% auto #0
-__all__ = ['torch_threads', 'param_groups', 'cosine_schedule', 'read_log', 'RunLog', 'prepare_checkpointing', 'list_checkpoints',
-           'latest_checkpoint', 'save_checkpoint', 'load_checkpoint', 'TrainLoopConfig', 'make_accelerator',
-           'FitResult', 'fit']
+__all__ = ['torch_threads', 'param_groups', 'cosine_schedule', 'read_log', 'RunLog', 'checkpoint_format', 'prepare_checkpointing',
+           'list_checkpoints', 'latest_checkpoint', 'save_checkpoint', 'load_checkpoint', 'TrainLoopConfig',
+           'make_accelerator', 'FitResult', 'weights_sharded', 'gathered_state_dict', 'fit']
 
 # %% ../nbs/00b_loop.ipynb #a781a974
 @contextlib.contextmanager
@@ -131,16 +131,34 @@ class RunLog:
 # %% ../nbs/00b_loop.ipynb #c569274c
 _CKPT = 'checkpoint-'
 
+def checkpoint_format(accelerator:Accelerator)->str:
+    "How `Accelerator.save_state` stores the model under `accelerator`: 'plain' (this module's hooks), 'fsdp', 'deepspeed' or 'megatron_lm'."
+    t = accelerator.distributed_type
+    return {DistributedType.FSDP: 'fsdp', DistributedType.DEEPSPEED: 'deepspeed', DistributedType.MEGATRON_LM: 'megatron_lm'}.get(t, 'plain')
+
+def _model_files(accelerator:Accelerator)->list[str]:
+    "The files / folders `save_state` writes for the prepared models (and, where it is separate, the optimizer) under this backend."
+    fmt, n = checkpoint_format(accelerator), len(accelerator._models)
+    idx = lambda name, i, ext='': f'{name}{ext}' if i == 0 else f'{name}_{i}{ext}'
+    if fmt == 'plain': return [idx('model', i, '.safetensors') for i in range(n)]
+    if fmt == 'deepspeed': return [idx('pytorch_model', i) for i in range(n)]          # the engine's folder: weights + optimizer
+    if fmt == 'fsdp':
+        sdt, r = accelerator.state.fsdp_plugin.state_dict_type.name, accelerator.process_index
+        if sdt == 'FULL_STATE_DICT': return [f for i in range(n) for f in (idx('pytorch_model_fsdp', i, '.bin'), idx('optimizer', i, '.bin'))]
+        model = (lambda i: f"{idx('pytorch_model_fsdp', i)}_rank{r}.bin") if sdt == 'LOCAL_STATE_DICT' else (lambda i: f'pytorch_model_fsdp_{i}')
+        return [f for i in range(n) for f in (model(i), f'optimizer_{i}')]             # sharded: torch.distributed.checkpoint folders
+    return []
+
 def _trainable_names(model:nn.Module)->set[str]: return {n for n, p in model.named_parameters() if p.requires_grad}
 
 def _save_trainable_hook(models, weights, output_dir):
-    "accelerate save hook: keep only the trainable parameters of each model's state dict."
+    "accelerate save hook (plain format): keep only the trainable parameters of each model's state dict."
     for m, sd in zip(models, weights):
         keep = _trainable_names(m)
         for k in [k for k in sd if k not in keep]: del sd[k]
 
 def _load_trainable_hook(models, input_dir):
-    "accelerate load hook: load the trainable parameters (checked by name and shape) and take the models off accelerate's list."
+    "accelerate load hook (plain format): load the trainable parameters (checked by name and shape) and take the models off accelerate's list."
     for i, m in enumerate(models):
         f = Path(input_dir)/('model.safetensors' if i == 0 else f'model_{i}.safetensors')
         if not f.exists(): raise FileNotFoundError(f"checkpoint {input_dir} has no {f.name}")
@@ -153,10 +171,11 @@ def _load_trainable_hook(models, input_dir):
     models.clear()
 
 def prepare_checkpointing(accelerator:Accelerator)->Accelerator:
-    "Register the trainable-only save/load hooks on `accelerator` (once); `fit` calls it."
+    "Register the trainable-only save/load hooks on `accelerator` (once) where accelerate writes a plain state dict; `fit` calls it."
     if not getattr(accelerator, '_mmpo_hooks', False):
-        accelerator.register_save_state_pre_hook(_save_trainable_hook)
-        accelerator.register_load_state_pre_hook(_load_trainable_hook)
+        if checkpoint_format(accelerator) == 'plain':          # FSDP / DeepSpeed save and load the model with their own machinery
+            accelerator.register_save_state_pre_hook(_save_trainable_hook)
+            accelerator.register_load_state_pre_hook(_load_trainable_hook)
         accelerator._mmpo_hooks = True
     return accelerator
 
@@ -179,7 +198,7 @@ def save_checkpoint(accelerator:Accelerator, # the one the model/optimizer/sched
                     keep:int=2, # checkpoints kept (older ones are deleted)
                     extra:dict|None=None # JSON-able state stored in loop_state.json
                    )->Path:
-    "Atomically write `<run>/checkpoint-<step>` (trainable weights, optimizer, scheduler, RNG, step) and prune old ones."
+    "Atomically write `<run>/checkpoint-<step>` (model weights, optimizer, scheduler, RNG, step) and prune old ones; call on every rank."
     prepare_checkpointing(accelerator)
     run = Path(run); final, tmp = run/f'{_CKPT}{step}', run/f'.{_CKPT}{step}.tmp'
     if accelerator.is_main_process:
@@ -189,7 +208,7 @@ def save_checkpoint(accelerator:Accelerator, # the one the model/optimizer/sched
     accelerator.save_state(str(tmp), safe_serialization=True)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        (tmp/'loop_state.json').write_text(json.dumps({'step': int(step), **(extra or {})}))
+        (tmp/'loop_state.json').write_text(json.dumps({'step': int(step), 'format': checkpoint_format(accelerator), **(extra or {})}))
         if final.exists(): shutil.rmtree(final)
         tmp.rename(final)
         for p in list_checkpoints(run)[:-keep] if keep > 0 else []: shutil.rmtree(p, ignore_errors=True)
@@ -198,14 +217,23 @@ def save_checkpoint(accelerator:Accelerator, # the one the model/optimizer/sched
 
 def load_checkpoint(accelerator:Accelerator, ckpt # a checkpoint folder
                    )->dict: # the contents of loop_state.json
-    "Restore trainable weights, optimizer, scheduler and RNG states from `ckpt` into the prepared objects; return its loop state."
+    "Restore model weights, optimizer, scheduler and RNG states from `ckpt` into the prepared objects; return its loop state. Every rank."
     prepare_checkpointing(accelerator)
     ckpt = Path(ckpt)
     if not (ckpt/'loop_state.json').exists(): raise FileNotFoundError(f"{ckpt} is not a complete checkpoint (no loop_state.json)")
+    st, fmt = json.loads((ckpt/'loop_state.json').read_text()), checkpoint_format(accelerator)
+    if st.get('format', fmt) != fmt:
+        raise ValueError(f"{ckpt} is in the {st['format']!r} format and this run ({accelerator.distributed_type.value}) uses {fmt!r}: "
+                         "accelerate stores the model and optimizer differently per backend, so resume with the launcher config "
+                         "that wrote it, or train into a new run folder")
+    # checked on every rank before any collective: otherwise rank 0 fails inside accelerate and the others wait for it
+    # (or DeepSpeed fails with a bare AssertionError)
+    missing = [f for f in _model_files(accelerator) if not (ckpt/f).exists()]
+    if missing: raise FileNotFoundError(f"{ckpt} has no {', '.join(missing)}: the {fmt} format needs it")
     rng = ckpt/f'random_states_{accelerator.process_index}.pkl'
     if not rng.exists(): raise FileNotFoundError(f"{ckpt} has no {rng.name}: RNG states are needed for an exact resume")
     accelerator.load_state(str(ckpt))
-    return json.loads((ckpt/'loop_state.json').read_text())
+    return st
 
 # %% ../nbs/00b_loop.ipynb #2e842997
 @dataclass
@@ -279,6 +307,18 @@ class FitResult:
     resumed_from: int|None = None      # step of the checkpoint this call resumed from
     stopped: bool = False              # True when `stop_at` / `max_minutes` ended the call before `cfg.steps`
     accelerator: Accelerator|None = None
+    prepared: nn.Module|None = None    # the model as accelerate prepared it (DDP, FSDP units, DeepSpeed engine)
+
+def weights_sharded(accelerator:Accelerator)->bool:
+    "True when no rank holds the whole prepared model (FSDP, DeepSpeed ZeRO-3): reading its weights is then a collective."
+    if accelerator.distributed_type == DistributedType.FSDP: return True
+    return accelerator.distributed_type == DistributedType.DEEPSPEED and accelerator.state.deepspeed_plugin.zero_stage == 3
+
+def gathered_state_dict(res:FitResult)->dict|None:
+    "The whole state dict of a sharded model (FSDP, ZeRO-3) gathered from the ranks: call it on EVERY rank; the main process gets the tensors. None when each rank's `res.model` is whole: save that."
+    acc = res.accelerator
+    if acc is None or res.prepared is None or not weights_sharded(acc): return None
+    return acc.get_state_dict(res.prepared)    # FSDP2: full state dict on rank 0 (CPU); ZeRO-3: needs zero3_save_16bit_model
 
 def _micro_batch(batches, i):
     return batches(i) if callable(batches) else batches[i % len(batches)]
@@ -410,4 +450,4 @@ def fit(step_fn:Callable, # (model, batch) -> loss tensor, or (loss, {name: floa
                 if halt and not last: stopped = True; break
         finally: log.close(); feed.close()
         model.eval()
-        return FitResult(acc.unwrap_model(model), step, log.lines, resumed, stopped, acc)
+        return FitResult(acc.unwrap_model(model), step, log.lines, resumed, stopped, acc, model)

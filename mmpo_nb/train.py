@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 from accelerate.utils import gather_object
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from .core import DataError, seed_everything, atomic_dir
-from .loop import TrainLoopConfig, fit, make_accelerator, torch_threads, read_log
+from .loop import TrainLoopConfig, fit, make_accelerator, torch_threads, read_log, gathered_state_dict
 from .text import sentence_spans
 from .data import read_dataset, answer_text
 from .vlm import (LM_LINEAR, load_vlm, add_lora, encode_batch, sentence_logps, eval_mode, save_adapter, save_vlm)
@@ -702,11 +702,15 @@ def train_preference(cfg:PreferenceConfig, # method and settings
         res = fit(step_fn, scorer, batches, lcfg, out=out, accelerator=acc, eval_fn=eval_fn,
                   describe_batch=lambda i: f"dataset rows {order.rows(i)}", epoch_len=order.per_epoch, stop_at=stop_at)
         final = out/'final'
-        if not res.stopped and acc.is_main_process:
-            v = res.model.vlm
-            if cfg.full_ft: save_vlm(v, processor, final, overwrite=True)
-            else:
-                save_adapter(v, final, overwrite=True); processor.save_pretrained(final)
+        if not res.stopped:
+            sd = gathered_state_dict(res)          # FSDP / ZeRO-3: every rank joins the gather, the main process gets the weights
+            if sd is not None: sd = {k[len('vlm.'):]: v for k, v in sd.items() if k.startswith('vlm.')}   # the scorer's VLM
+            if acc.is_main_process:
+                v = res.model.vlm
+                if cfg.full_ft: save_vlm(v, processor, final, overwrite=True, state_dict=sd)
+                else:
+                    save_adapter(v, final, overwrite=True, state_dict=sd); processor.save_pretrained(final)
+            acc.wait_for_everyone()
     lines = read_log(out) if acc.is_main_process else res.history
     train = next((r for r in reversed(lines) if 'loss/total' in r), {})
     evals = next((r for r in reversed(lines) if any(k.startswith('eval/') for k in r)), {})

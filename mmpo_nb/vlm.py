@@ -152,10 +152,11 @@ def llava_kwargs_from_open_clip(clip_visual:torch.nn.Module # open_clip `VisionT
 
 # %% ../nbs/03a_vlm.ipynb #0ddf2512
 def save_vlm(model, processor, folder, # destination folder (written atomically)
-             overwrite:bool=False):
+             overwrite:bool=False,
+             state_dict:dict|None=None): # the weights to write instead of the model's own (gathered from FSDP / ZeRO-3 shards)
     "Save model and processor into one folder with `save_pretrained`, atomically; returns the folder."
     with atomic_dir(folder, overwrite=overwrite) as tmp:
-        model.save_pretrained(tmp); processor.save_pretrained(tmp)
+        model.save_pretrained(tmp, **({} if state_dict is None else {'state_dict': state_dict})); processor.save_pretrained(tmp)
     return Path(folder)
 
 def _missing_vlm_files(folder:Path)->list[str]:
@@ -365,9 +366,11 @@ def reference_logps(model:PeftModel, batch:dict)->tuple[torch.Tensor, torch.Tens
                                                           "pass precomputed ref log-probs otherwise")
     with torch.no_grad(), model.disable_adapter(): return response_logps(model, batch)
 
-def save_adapter(model:PeftModel, folder, overwrite:bool=False)->Path:
+def save_adapter(model:PeftModel, folder, overwrite:bool=False,
+                 state_dict:dict|None=None # the whole model's weights to take the adapter from, instead of `model`'s own (gathered from shards)
+                )->Path:
     "Save only the LoRA adapter (`adapter_config.json` + `adapter_model.safetensors`), atomically."
-    with atomic_dir(folder, overwrite=overwrite) as tmp: model.save_pretrained(tmp)
+    with atomic_dir(folder, overwrite=overwrite) as tmp: model.save_pretrained(tmp, **({} if state_dict is None else {'state_dict': state_dict}))
     return Path(folder)
 
 def load_adapter(model, # the base VLM the adapter was trained on

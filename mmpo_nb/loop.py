@@ -23,7 +23,7 @@ from .core import seed_everything
 # %% auto #0
 __all__ = ['torch_threads', 'param_groups', 'cosine_schedule', 'read_log', 'RunLog', 'checkpoint_format', 'prepare_checkpointing',
            'list_checkpoints', 'latest_checkpoint', 'save_checkpoint', 'load_checkpoint', 'TrainLoopConfig',
-           'make_accelerator', 'FitResult', 'weights_sharded', 'gathered_state_dict', 'fit']
+           'make_accelerator', 'whole_model_loading', 'FitResult', 'weights_sharded', 'gathered_state_dict', 'fit']
 
 # %% ../nbs/00b_loop.ipynb #a781a974
 @contextlib.contextmanager
@@ -282,6 +282,21 @@ def make_accelerator(cfg:TrainLoopConfig)->Accelerator:
     ga = GradientAccumulationPlugin(num_steps=cfg.grad_accum, sync_with_dataloader=False)
     return prepare_checkpointing(Accelerator(mixed_precision=cfg.precision(), cpu=cfg.cpu or not torch.cuda.is_available(),
                                                step_scheduler_with_optimizer=False, gradient_accumulation_plugin=ga))
+
+@contextlib.contextmanager
+def whole_model_loading(accelerator:Accelerator):
+    """`from_pretrained` inside the block loads whole weights, not ZeRO-3 partitions, unless the DeepSpeed config asks for
+    partitioned loading (`zero3_init_flag: true`); no effect under other backends."""
+    # accelerate installs its DeepSpeed config for transformers (`HfDeepSpeedConfig`) as soon as the Accelerator exists, whatever
+    # zero3_init_flag says; transformers then builds every model under `deepspeed.zero.Init` (weights partitioned at load, and
+    # the modules initialised randomly first, which draws from the global torch RNG)
+    ds = accelerator.state.deepspeed_plugin if accelerator.distributed_type == DistributedType.DEEPSPEED else None
+    hf = getattr(ds, 'dschf', None)
+    if ds is None or ds.zero3_init_flag or hf is None: yield; return
+    from transformers.integrations import set_hf_deepspeed_config, unset_hf_deepspeed_config
+    unset_hf_deepspeed_config()
+    try: yield
+    finally: set_hf_deepspeed_config(hf)     # back for the rest of the run: `generate` syncs the ranks, saving gathers, under ZeRO-3
 
 def _set_accumulation(acc:Accelerator, cfg:TrainLoopConfig):
     "Make `acc` accumulate `cfg.grad_accum` micro-batches per optimizer step, DeepSpeed's config included; restart its counter."

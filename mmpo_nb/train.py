@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 from accelerate.utils import gather_object
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from .core import DataError, seed_everything, atomic_dir
-from .loop import TrainLoopConfig, fit, make_accelerator, torch_threads, read_log, gathered_state_dict
+from .loop import TrainLoopConfig, fit, make_accelerator, torch_threads, read_log, gathered_state_dict, whole_model_loading
 from .text import sentence_spans
 from .data import read_dataset, answer_text
 from .vlm import (LM_LINEAR, load_vlm, add_lora, encode_batch, sentence_logps, eval_mode, save_adapter, save_vlm)
@@ -526,6 +526,13 @@ def score_step(model, scorer:SequenceScorer, enc:dict, sb:StepBatch, method:str,
     ref = role_logps(*_ref_forward(scorer, ref_vlm, enc if feats is None else enc | {'image_feats': feats}), enc, sb, method)
     return pol, {k: v.detach() for k, v in ref.items()}
 
+def _zero3_whole(*modules):
+    "Weights that ZeRO-3 partitioned while loading (`zero3_init_flag: true`) gathered whole on every rank for the block, read-only."
+    ps = {id(p): p for m in modules if m is not None for p in m.parameters() if hasattr(p, 'ds_id')}
+    if not ps: return contextlib.nullcontext()
+    import deepspeed                                      # (installed: it made these parameters)
+    return deepspeed.zero.GatheredParameters(list(ps.values()), modifier_rank=None)
+
 def precompute_reference(scorer:SequenceScorer, processor, ds:datasets.Dataset, cfg:PreferenceConfig,
                          ref_vlm=None, # frozen reference copy (full fine-tuning); None: the adapter-disabled policy
                          device=None, autocast=None, # where to run and an autocast context factory (default: the accelerator's)
@@ -539,22 +546,25 @@ def precompute_reference(scorer:SequenceScorer, processor, ds:datasets.Dataset, 
     per_row = {}                                          # row -> {role: value}
     # batch j*P + r on rank r; every rank runs the same number of forwards (ZeRO-3 / FSDP gather shards in each one),
     # a rank past the end repeats the last batch and drops the result
-    for j in range(math.ceil(len(starts) / P)):
-        b = j * P + r
-        s = starts[min(b, len(starts) - 1)]
-        ids = list(range(s, min(s + cfg.batch_size, len(ds))))
-        sb = build_step([view[i] for i in ids], ids, cfg.method, cfg, with_corrupt=False)
-        enc = _to(encode_step(processor, sb), device)
-        with (autocast() if autocast else torch.autocast('cpu', enabled=False)):
-            lp, mask = _ref_forward(scorer, ref_vlm, enc)
-        if b >= len(starts): continue
-        R = role_logps(lp.float(), mask, enc, sb, cfg.method)
-        for k in _REF_KEYS:
-            if k not in R: continue
-            v = R[k].cpu()
-            if k in sb.masks: v = [row[m] for row, m in zip(v, sb.masks[k])]
-            elif k == 'chosen_sent': v = [row[m] for row, m in zip(v, sb.sent_mask)]
-            for i, x in zip(ids, v): per_row.setdefault(i, {})[k] = x
+    # it runs before `prepare`: no engine gathers a partitioned layer for its forward, so gather all of them (every rank
+    # holds the whole model for the loop, as FSDP's and the default ZeRO-3 load do anyway)
+    with _zero3_whole(scorer, ref_vlm):
+        for j in range(math.ceil(len(starts) / P)):
+            b = j * P + r
+            s = starts[min(b, len(starts) - 1)]
+            ids = list(range(s, min(s + cfg.batch_size, len(ds))))
+            sb = build_step([view[i] for i in ids], ids, cfg.method, cfg, with_corrupt=False)
+            enc = _to(encode_step(processor, sb), device)
+            with (autocast() if autocast else torch.autocast('cpu', enabled=False)):
+                lp, mask = _ref_forward(scorer, ref_vlm, enc)
+            if b >= len(starts): continue
+            R = role_logps(lp.float(), mask, enc, sb, cfg.method)
+            for k in _REF_KEYS:
+                if k not in R: continue
+                v = R[k].cpu()
+                if k in sb.masks: v = [row[m] for row, m in zip(v, sb.masks[k])]
+                elif k == 'chosen_sent': v = [row[m] for row, m in zip(v, sb.sent_mask)]
+                for i, x in zip(ids, v): per_row.setdefault(i, {})[k] = x
     if P > 1:
         for part in gather_object([per_row]): per_row |= part
     vals = {}
@@ -647,7 +657,8 @@ def train_preference(cfg:PreferenceConfig, # method and settings
     with torch_threads(cfg.threads):
         seed_everything(cfg.seed)
         dtype = torch.bfloat16 if precision == 'bf16' and not cfg.full_ft else None
-        vlm, processor = load_vlm(model_dir, dtype=dtype)
+        # whole weights, sharded later by `prepare`, unless zero3_init_flag asks ZeRO-3 to partition them while loading
+        with whole_model_loading(acc): vlm, processor = load_vlm(model_dir, dtype=dtype)
         if cfg.gradient_checkpointing:
             if hasattr(vlm, 'activation_checkpointing_enable'): vlm.activation_checkpointing_enable(activation_checkpointing_kwargs={'use_reentrant': False})
             else: vlm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={'use_reentrant': False})
@@ -656,7 +667,10 @@ def train_preference(cfg:PreferenceConfig, # method and settings
         if cfg.full_ft:
             vlm.requires_grad_(False); _base(vlm).model.language_model.requires_grad_(True); _base(vlm).get_output_embeddings().requires_grad_(True)
             if not cfg.precompute_ref or cfg.method == 'mdpo': ref_vlm = copy.deepcopy(vlm).requires_grad_(False).to(acc.device)
-        else: vlm = add_lora(vlm, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, target=cfg.lora_targets)
+        else:
+            # the adapter's random init from the seed alone, not from what loading drew (a partitioned ZeRO-3 load draws)
+            seed_everything(cfg.seed)
+            vlm = add_lora(vlm, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, target=cfg.lora_targets)
         scorer = SequenceScorer(vlm).to(acc.device)
         table = None
         if cfg.precompute_ref:

@@ -182,18 +182,19 @@ def _descendants(pid:int)->list[int]:
     return out
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize('backend', ['fsdp', 'zero2', 'zero3'])
-def test_resume_after_sigkill_sharded(tiny, tmp_path_factory, backend):
-    """kill -9 of both ranks (and the launcher) after the first checkpoint, then resume: the same adapter and losses as an
-    uninterrupted run. FSDP2 with the shipped fsdp.yaml (FULL_STATE_DICT); ZeRO-2/3 with zero2.yaml / zero3.yaml where
-    `deepspeed` is installed (it is not a dependency). 2 CPU ranks, fp32, 3 steps of 2 accumulated micro-batches. The killed
-    run sleeps after checkpoint-1, so the SIGKILL of the launcher and both ranks always lands mid-run, after a complete checkpoint."""
+def _sharded_dir(tiny, tmp_path_factory, backend:str, yaml:str)->Path:
+    "A folder with the shim driver and a 2-step-default DPO config (`yaml` adds or overrides fields); skips DeepSpeed without it."
     if backend != 'fsdp': pytest.importorskip('deepspeed')
     d = tmp_path_factory.mktemp(backend)
     (d/'driver.py').write_text(RESUME_DRIVER)
-    (d/'dpo.yaml').write_text('steps: 3\nbatch_size: 1\nlr: 0.01\nlora_r: 4\nlora_alpha: 8\nprogress: false\nseed: 0\n'
-                              'save_every: 1\nkeep: 2\n')
+    base = {'steps': '2', 'batch_size': '1', 'lr': '0.01', 'lora_r': '4', 'lora_alpha': '8', 'progress': 'false', 'seed': '0'}
+    base |= dict(line.split(': ', 1) for line in yaml.splitlines() if line)
+    (d/'dpo.yaml').write_text(''.join(f'{k}: {v}\n' for k, v in base.items()))
+    return d
+
+
+def _launch_sharded(tiny, tmp_path_factory, backend:str, d:Path, out:str, *args:str, pause:bool=False, launcher=()):
+    "`accelerate launch` of the shim driver with the shipped `<backend>.yaml` on 2 CPU ranks, fp32, 2 accumulated micro-batches."
     env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1', TOKENIZERS_PARALLELISM='false',
                PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get('PYTHONPATH', '')]))
     if backend == 'fsdp': env['ACCELERATE_USE_CPU'] = '1'
@@ -201,19 +202,29 @@ def test_resume_after_sigkill_sharded(tiny, tmp_path_factory, backend):
         env.pop('ACCELERATE_USE_CPU', None)       # it would force Accelerator(cpu=True), which turns DeepSpeed off
         env |= {'DS_ACCELERATOR': 'cpu', 'ACCELERATE_TORCH_DEVICE': 'cpu', 'TORCH_EXTENSIONS_DIR': str(tmp_path_factory.getbasetemp()/'torch_ext')}
     config = ROOT/'configs'/'accelerate'/f'{backend}.yaml'
+    cmd = [sys.executable, '-m', 'accelerate.commands.launch', '--config_file', str(config), '--num_processes', '2',
+           '--mixed_precision', 'no', *launcher, '--main_process_port', str(_free_port()), str(d/'driver.py'), backend,
+           'pause' if pause else 'run', '--data', str(tiny/'data'), '--model', str(tiny/'model'), '--out', str(d/out),
+           '--config', str(d/'dpo.yaml'), '--grad-accum', '2', *args]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
-    def launch(out, pause=False, **kw):
-        cmd = [sys.executable, '-m', 'accelerate.commands.launch', '--config_file', str(config), '--num_processes', '2',
-               '--mixed_precision', 'no', '--main_process_port', str(_free_port()), str(d/'driver.py'), backend,
-               'pause' if pause else 'run', '--data', str(tiny/'data'), '--model', str(tiny/'model'), '--out', str(d/out),
-               '--config', str(d/'dpo.yaml'), '--grad-accum', '2', '--live-ref']
-        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
 
-    def finish(p):
-        out = p.communicate(timeout=300)[0]
-        assert p.returncode == 0, out[-3000:]
+def _finish(p):
+    out = p.communicate(timeout=300)[0]
+    assert p.returncode == 0, out[-3000:]
 
-    finish(launch('full'))
+
+@pytest.mark.slow
+@pytest.mark.parametrize('backend', ['fsdp', 'zero2', 'zero3'])
+def test_resume_after_sigkill_sharded(tiny, tmp_path_factory, backend):
+    """kill -9 of both ranks (and the launcher) after the first checkpoint, then resume: the same adapter and losses as an
+    uninterrupted run. FSDP2 with the shipped fsdp.yaml (FULL_STATE_DICT); ZeRO-2/3 with zero2.yaml / zero3.yaml where
+    `deepspeed` is installed (it is not a dependency). 2 CPU ranks, fp32, 3 steps of 2 accumulated micro-batches. The killed
+    run sleeps after checkpoint-1, so the SIGKILL of the launcher and both ranks always lands mid-run, after a complete checkpoint."""
+    d = _sharded_dir(tiny, tmp_path_factory, backend, 'steps: 3\nsave_every: 1\nkeep: 2\n')
+    launch = lambda out, pause=False: _launch_sharded(tiny, tmp_path_factory, backend, d, out, '--live-ref', pause=pause)
+
+    _finish(launch('full'))
     run = d/'killed'
     p, t0 = launch('killed', pause=True), time.time()
     while not list_checkpoints(run):
@@ -232,7 +243,7 @@ def test_resume_after_sigkill_sharded(tiny, tmp_path_factory, backend):
     assert (ck/'pytorch_model_fsdp.bin').exists() if backend == 'fsdp' else (ck/'pytorch_model').is_dir()
     assert {f.name for f in ck.glob('random_states_*.pkl')} == {'random_states_0.pkl', 'random_states_1.pkl'}
 
-    finish(launch('killed'))
+    _finish(launch('killed'))
     assert [(run/f'resumed_from-rank{r}').read_text() for r in (0, 1)] == ['1', '1']
     a, b = (load_file(d/r/'final'/'adapter_model.safetensors') for r in ('full', 'killed'))
     assert a.keys() == b.keys() and any('lora_B' in k for k in a)
@@ -241,3 +252,34 @@ def test_resume_after_sigkill_sharded(tiny, tmp_path_factory, backend):
     lf, lk = ([(r['step'], r['loss/total']) for r in _lines(d/x)] for x in ('full', 'killed'))
     assert [s for s, _ in lk] == [1, 2, 3] and [s for s, _ in lf] == [1, 2, 3]
     assert max(abs(x[1] - y[1]) for x, y in zip(lk, lf)) < 1e-6, (lk, lf)
+
+
+@pytest.fixture(scope='module')
+def zero2_run(tiny, tmp_path_factory)->Path:
+    "2 steps of DPO under the shipped zero2.yaml with the live reference (skips without deepspeed)."
+    d = _sharded_dir(tiny, tmp_path_factory, 'zero2', '')
+    _finish(_launch_sharded(tiny, tmp_path_factory, 'zero2', d, 'run', '--live-ref'))
+    return d/'run'
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('load', ['whole', 'partitioned'])
+def test_zero3_trains_like_zero2(tiny, tmp_path_factory, zero2_run, load):
+    """ZeRO-3 with `--precompute-ref` ends with ZeRO-2's adapter, losses and grad norms (live reference), 2 steps of 2
+    accumulated micro-batches on 2 CPU ranks. 'whole': the shipped zero3.yaml (zero3_init_flag: false) loads the model whole;
+    'partitioned': `--zero3_init_flag true` lets ZeRO-3 partition it while loading, and the reference pass gathers it.
+    accelerate hands transformers its DeepSpeed config whatever the flag says, so both used to load under `zero.Init`,
+    whose random init drew from the torch RNG before the LoRA init: other A matrices (step-1 grad norm 0.0249 against
+    0.0223), and a precomputed reference on the empty shards failed ('weight should have at least three dimensions')."""
+    ref = tmp_path_factory.mktemp('z3cache')/'ref.safetensors'
+    d = _sharded_dir(tiny, tmp_path_factory, 'zero3', f'ref_cache: {ref}\n')
+    _finish(_launch_sharded(tiny, tmp_path_factory, 'zero3', d, 'run', '--precompute-ref',
+                            launcher=('--zero3_init_flag', 'true') if load == 'partitioned' else ()))
+    cache = load_file(ref)                                                         # computed by this run
+    assert cache['chosen'].shape == (8,) and (cache['chosen'] < 0).all()
+    a, b = (load_file(r/'final'/'adapter_model.safetensors') for r in (zero2_run, d/'run'))
+    assert a.keys() == b.keys() and any(v.abs().max() > 0 for k, v in a.items() if 'lora_B' in k)
+    for k in a: torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6)
+    l2, l3 = ([(r['loss/total'], r['grad_norm']) for r in _lines(r)] for r in (zero2_run, d/'run'))
+    assert len(l2) == len(l3) == 2
+    for (x2, g2), (x3, g3) in zip(l2, l3): assert x3 == pytest.approx(x2, abs=1e-6) and g3 == pytest.approx(g2, rel=1e-5)

@@ -6,6 +6,7 @@ Docs: https://mmpo-nb.github.io/mmpo-nb/mdpo_data.html.md"""
 
 # %% ../nbs/06a_mdpo_data.ipynb #b2d8ea6c
 from __future__ import annotations
+import math
 from dataclasses import dataclass, field, asdict
 import numpy as np
 import torch
@@ -15,7 +16,7 @@ from torchvision.transforms import v2
 from .pairs import OwnPairsConfig, own_output_pairs, dataset_scenes
 
 # %% auto #0
-__all__ = ['MDPO_SCALE', 'MDPO_RATIO', 'corrupt_image', 'corrupt_generator', 'corrupt_for_row', 'MDPODataConfig',
+__all__ = ['MDPO_SCALE', 'MDPO_RATIO', 'crop_params', 'corrupt_image', 'corrupt_generator', 'corrupt_for_row', 'MDPODataConfig',
            'add_corrupt_seeds', 'mdpo_dataset']
 
 # %% ../nbs/06a_mdpo_data.ipynb #22d5c7f3
@@ -26,18 +27,33 @@ def _size(image)->tuple[int, int]:
     "(H, W) of a PIL image or a (..., H, W) tensor."
     return (image.height, image.width) if isinstance(image, Image.Image) else tuple(image.shape[-2:])
 
+def crop_params(height:int, width:int, # image size
+                generator:torch.Generator, # every draw comes from it
+                scale=MDPO_SCALE, ratio=MDPO_RATIO)->tuple[int, int, int, int]: # top, left, h, w
+    "torchvision's `RandomResizedCrop` parameters, drawn in the same order from `generator` instead of the global RNG."
+    area, lo, hi = height * width, math.log(ratio[0]), math.log(ratio[1])
+    for _ in range(10):
+        target = area * torch.empty(1).uniform_(scale[0], scale[1], generator=generator).item()
+        aspect = torch.exp(torch.empty(1).uniform_(lo, hi, generator=generator)).item()
+        w, h = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(torch.randint(0, height - h + 1, (1,), generator=generator))
+            return top, int(torch.randint(0, width - w + 1, (1,), generator=generator)), h, w
+    r = width / height                                      # ten misses: torchvision's central-crop fallback
+    w, h = (width, int(round(width / min(ratio)))) if r < min(ratio) else (int(round(height * max(ratio))), height) if r > max(ratio) else (width, height)
+    return (height - h) // 2, (width - w) // 2, h, w
+
 def corrupt_image(image, # PIL image or (C, H, W) / (B, C, H, W) tensor (a batch gets one crop)
                   generator:torch.Generator|None=None, # where the crop is drawn from (None: torch's global RNG)
                   scale=MDPO_SCALE, # area fraction range of the crop
                   ratio=MDPO_RATIO  # aspect-ratio range of the crop
                  ): # same type and size as `image`
     "mDPO's corrupted image: a `RandomResizedCrop` of 1-20% of the area, resized back to full size."
-    t = v2.RandomResizedCrop(_size(image), scale=scale, ratio=ratio, antialias=True)
-    if generator is None: return t(image)
+    size = _size(image)
+    if generator is None: return v2.RandomResizedCrop(size, scale=scale, ratio=ratio, antialias=True)(image)
     seed = int(torch.randint(2**62, (1,), generator=generator))   # advances `generator`: a fresh crop every call
-    with torch.random.fork_rng(devices=[]):                      # torchvision draws from the global RNG; fence it off
-        torch.manual_seed(seed)
-        return t(image)
+    top, left, h, w = crop_params(*size, torch.Generator().manual_seed(seed), scale, ratio)
+    return v2.functional.resized_crop(image, top, left, h, w, size=list(size), antialias=True)
 
 # %% ../nbs/06a_mdpo_data.ipynb #87b10c82
 def corrupt_generator(corrupt_seed:int # the row's `corrupt_seed`

@@ -83,7 +83,7 @@ class PreferenceConfig:
     save_every:int = 0            # steps between checkpoints (0: only at the end)
     keep:int = 2                  # checkpoints kept
     threads:int|None = None       # torch CPU threads during the run
-    prefetch:bool = True          # build the next micro-batch (rows, images, tokens) in a background thread during this one's step
+    prefetch:bool = False         # build the next micro-batch (rows, images, tokens) in a background thread during this one's step
     progress:bool = True
 
     def __post_init__(self):

@@ -40,7 +40,7 @@ RUN = textwrap.dedent('''
     import sys, torch
     from mmpo_nb.train import PreferenceConfig, train_preference
     cfg = PreferenceConfig(method='mdpo', steps=10, batch_size=2, lr=5e-3, lora_r=4, lora_alpha=8, lora_dropout=0.2,
-                           save_every=2, keep=2, threads=1, progress=False)
+                           save_every=2, keep=2, threads=1, progress=False, prefetch=True)
     train_preference(cfg, sys.argv[1], sys.argv[2], sys.argv[3])
 ''')
 
@@ -52,7 +52,9 @@ def _run(script, *args, **kw):
 
 @pytest.mark.slow
 def test_resume_after_sigkill(toy, tmp_path):
-    "kill -9 in the middle of an mDPO run (LoRA dropout, a fresh crop every step), resume: the same adapter as an uninterrupted run."
+    """kill -9 in the middle of an mDPO run (LoRA dropout, a fresh crop every step, each batch built ahead in a background
+    thread), resume: the same adapter as an uninterrupted run. (While the crop was drawn under torch's global RNG, inside
+    `fork_rng`, the thread could swap that RNG under the main thread's dropout: CI saw this test fail once.)"""
     model, data = toy
     script = tmp_path/'run.py'; script.write_text(RUN)
     full = _run(script, data, model, tmp_path/'full')

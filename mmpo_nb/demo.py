@@ -6,7 +6,7 @@ Docs: https://mmpo-nb.github.io/mmpo-nb/demo.html.md"""
 
 # %% ../nbs/09a_demo.ipynb #da1acaef
 from __future__ import annotations
-import base64, gc, io, json, math, multiprocessing as mp, os, re, resource, sys, time, traceback
+import base64, gc, html, io, json, math, multiprocessing as mp, os, re, resource, sys, time, traceback
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from typing import Callable
@@ -252,31 +252,31 @@ def results_table(summary:dict # the run's `summary.json`: stage -> metrics
             rows.append({'model': name, **{col: metrics.get(f'{name}/{key}') for key, col in REPORT_COLUMNS}})
     return rows
 
-def _fmt(v)->str: return '' if v is None else f'{v:.3f}' if isinstance(v, float) else str(v)
+def _fmt(v)->str:
+    "A table cell: floats to 3 decimals, None and NaN blank."
+    if v is None or (isinstance(v, float) and math.isnan(v)): return ''
+    return f'{v:.3f}' if isinstance(v, float) else str(v)
+
+def _table_md(cols, rows)->str:
+    "A GitHub-flavoured Markdown table: `cols` names, `rows` value sequences in column order."
+    return '\n'.join(['| ' + ' | '.join(map(str, cols)) + ' |', '|' + '---|' * len(cols)] +
+                     ['| ' + ' | '.join(_fmt(v).replace('|', '\\|') for v in r) + ' |' for r in rows])
+
+def _table_html(cols, rows)->str:
+    "The same table as HTML."
+    head = ''.join(f'<th>{html.escape(str(c))}</th>' for c in cols)
+    body = ''.join('<tr>' + ''.join(f'<td>{html.escape(_fmt(v))}</td>' for v in r) + '</tr>' for r in rows)
+    return f'<table><tr>{head}</tr>{body}</table>'
+
+def _results_cells(rows:list[dict])->tuple[list, list]:
+    cols = ['model'] + [c for _, c in REPORT_COLUMNS]
+    return cols, [[r.get(c) for c in cols] for r in rows]
 
 def markdown_table(rows:list[dict])->str:
     "A GitHub-flavoured Markdown table of `results_table` rows."
-    cols = ['model'] + [c for _, c in REPORT_COLUMNS]
-    lines = ['| ' + ' | '.join(cols) + ' |', '|' + '---|' * len(cols)]
-    return '\n'.join(lines + ['| ' + ' | '.join(_fmt(r.get(c)) for c in cols) + ' |' for r in rows])
+    return _table_md(*_results_cells(rows))
 
 # %% ../nbs/09a_demo.ipynb #358a6119
-def _cell(v)->str:
-    if isinstance(v, float): return '' if math.isnan(v) else f'{v:.3f}'
-    return str(v)
-
-def _df_markdown(df)->str:
-    "A small table (a pandas DataFrame; its index is dropped) as Markdown, floats to 3 decimals."
-    cols = [str(c) for c in df.columns]
-    return '\n'.join(['| ' + ' | '.join(cols) + ' |', '|' + '---|' * len(cols)] +
-                     ['| ' + ' | '.join(_cell(v).replace('|', '\\|') for v in r) + ' |' for r in df.itertuples(index=False)])
-
-def _df_html(df)->str:
-    import html as _html
-    head = ''.join(f'<th>{_html.escape(str(c))}</th>' for c in df.columns)
-    body = ''.join('<tr>' + ''.join(f'<td>{_html.escape(_cell(v))}</td>' for v in r) + '</tr>' for r in df.itertuples(index=False))
-    return f'<table><tr>{head}</tr>{body}</table>'
-
 def write_report(summary:dict, # the run's `summary.json`
                  folder:Path, # where report.md / report.html go
                  figures:dict|None=None, # title -> matplotlib Figure (inlined in the HTML, saved as PNG beside the Markdown)
@@ -284,7 +284,6 @@ def write_report(summary:dict, # the run's `summary.json`
                  sections:list|None=None, # (title, Figure | DataFrame | list of them, caption) before the figures
                 )->dict:
     "Write `report.md` and a self-contained `report.html`: the results table, the sections, the figures and the stage timings."
-    import html as _html
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
     for old in folder.glob('figure_*.png'): old.unlink()
     rows, figures = results_table(summary), figures or {}
@@ -296,19 +295,20 @@ def write_report(summary:dict, # the run's `summary.json`
             'table{border-collapse:collapse;font-size:13px;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}'
             'td:first-child,th:first-child{text-align:left}img{max-width:100%;display:block;margin:.5em 0}'
             'p.caption{color:#333;max-width:60em}</style></head><body>',
-            '<h1>mmpo demo report</h1><h2>Hallucination of every model on the same held-out scenes</h2>', _md_table_html(rows),
-            f'<p>{_html.escape(notes)}</p>']
+            '<h1>mmpo demo report</h1><h2>Hallucination of every model on the same held-out scenes</h2>', _table_html(*_results_cells(rows)),
+            f'<p>{html.escape(notes)}</p>']
     n = 0
     for title, obj, caption in items:
-        md += [f'## {title}', '']; page += [f'<h2>{_html.escape(title)}</h2>']
-        if caption: md += [caption, '']; page += [f'<p class="caption">{_html.escape(caption)}</p>']
+        md += [f'## {title}', '']; page += [f'<h2>{html.escape(title)}</h2>']
+        if caption: md += [caption, '']; page += [f'<p class="caption">{html.escape(caption)}</p>']
         for o in (obj if isinstance(obj, (list, tuple)) else [obj]):
             if hasattr(o, 'savefig'):
                 buf = io.BytesIO(); o.savefig(buf, format='png', dpi=110, bbox_inches='tight')   # drawn once: file and inline copy
                 png = folder/f'figure_{n}.png'; n += 1; png.write_bytes(buf.getvalue())
                 md += [f'![{title}]({png.name})', '']
-                page += [f'<img alt="{_html.escape(title)}" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">']
-            else: md += [_df_markdown(o), '']; page += [_df_html(o)]
+                page += [f'<img alt="{html.escape(title)}" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">']
+            else:                                   # a DataFrame (its index dropped)
+                cells = (o.columns, list(o.itertuples(index=False))); md += [_table_md(*cells), '']; page += [_table_html(*cells)]
     md += ['## Stages', '', '| stage | seconds | peak RSS (MB) |', '|---|---|---|',
            *[f'| {s} | {t:.0f} | {r:.0f} |' for s, t, r in timing if t is not None], '']
     page += ['<h2>Stages</h2><table><tr><th>stage</th><th>seconds</th><th>peak RSS (MB)</th></tr>',
@@ -316,12 +316,6 @@ def write_report(summary:dict, # the run's `summary.json`
     (folder/'report.md').write_text('\n'.join(md)); (folder/'report.html').write_text('\n'.join(page))
     return {'report/markdown': str(folder/'report.md'), 'report/html': str(folder/'report.html'), 'report/models': len(rows),
             'report/figures': n}
-
-def _md_table_html(rows:list[dict])->str:
-    cols = ['model'] + [c for _, c in REPORT_COLUMNS]
-    head = ''.join(f'<th>{c}</th>' for c in cols)
-    body = ''.join('<tr>' + ''.join(f'<td>{_fmt(r.get(c))}</td>' for c in cols) + '</tr>' for r in rows)
-    return f'<table><tr>{head}</tr>{body}</table>'
 
 # %% ../nbs/09a_demo.ipynb #556d82f0
 def _out(run:Path, stage:str, key:str)->str: return stage_output(Path(run)/'report', stage, key)

@@ -6,11 +6,12 @@ Docs: https://mmpo-nb.github.io/mmpo-nb/metrics.html.md"""
 
 # %% ../nbs/02_metrics.ipynb #d68f9f82
 from __future__ import annotations
-import json, random, re
+import json, math, random, re
 from collections import Counter
 from pathlib import Path
 from dataclasses import dataclass, field, asdict
 from typing import Callable, Iterable, Mapping, Sequence
+import numpy as np
 from .core import DataError
 from .text import split_sentences, plural_forms, word_to_number
 from .toyworld import SYNONYMS as TOY_SYNONYMS
@@ -19,7 +20,7 @@ from .toyworld import SYNONYMS as TOY_SYNONYMS
 __all__ = ['POPE_SPLITS', 'POPE_TEMPLATE', 'COCO_RULES', 'COCO_SYNONYMS', 'parse_yes_no', 'parse_count', 'ObjectStats',
            'object_stats', 'pope_negatives', 'PopeQuestion', 'pope_question', 'build_pope', 'PopeScores', 'pope_scores',
            'PopeReport', 'evaluate_pope', 'write_pope', 'read_pope', 'Vocabulary', 'SynonymTable', 'ChairScores',
-           'chair', 'QAScores', 'parse_choice', 'qa_accuracy']
+           'chair', 'QAScores', 'parse_choice', 'qa_accuracy', 'mean_ci']
 
 # %% ../nbs/02_metrics.ipynb #386ab169
 _YES_LEAD, _NO_LEAD = {'yes', 'yeah', 'yep', 'yup'}, {'no', 'nope', 'nah'}
@@ -456,3 +457,13 @@ def qa_accuracy(predictions:Sequence[str|None], # the model's free-form answers
         n[k] = len(idx); acc[k] = sum(correct[i] for i in idx) / len(idx)
         unp[k] = sum(unparsed.values()) if k == 'all' else unparsed[k]
     return QAScores(acc, n, unp, correct)
+
+# %% ../nbs/02_metrics.ipynb #b37fbe1f
+def mean_ci(xs:Sequence[float], # one value per seed (None values are skipped)
+            conf:float=0.95)->tuple[float, float]: # mean, half-width of the CI (nan with one value)
+    "Mean and the half-width of its Student-t confidence interval."
+    from scipy import stats as sps
+    x = np.asarray([v for v in xs if v is not None], dtype=float)
+    if not len(x): return float('nan'), float('nan')
+    if len(x) == 1: return float(x[0]), float('nan')
+    return float(x.mean()), float(sps.t.ppf((1 + conf) / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))

@@ -14,7 +14,7 @@ import numpy as np
 from scipy import stats as sps
 from .core import DataError
 from .toyworld import ToyWorld, WorldConfig, Scene, questions
-from .metrics import parse_yes_no, qa_accuracy, chair, POPE_SPLITS
+from .metrics import parse_yes_no, qa_accuracy, chair, POPE_SPLITS, mean_ci
 from .loop import read_log
 from .data import read_dataset
 from .vlm import load_vlm, load_adapter
@@ -24,19 +24,10 @@ from .train import PreferenceConfig, train_preference, DEFAULT_BETA
 from .demo import DemoConfig, Stage, run_graph, peak_rss_mb, error_types_per_row
 
 # %% auto #0
-__all__ = ['ARMS', 'FIXED', 'METRICS', 'PAIRED', 'LOWER_IS_BETTER', 'mean_ci', 'mcnemar', 'paired_bootstrap', 'Arm',
-           'StudyConfig', 'evaluate_items', 'logp_trend', 'train_arm', 'multi_image_acc', 'val_score', 'choose',
-           'study_tasks', 'run_task', 'check_resume', 'run_study', 'paired_diff', 'verdict', 'error_type_diff',
-           'summarize_study', 'claims', 'results_markdown', 'save_results', 'write_figures']
-
-# %% ../nbs/10a_study.ipynb #52033cc5
-def mean_ci(xs:Sequence[float], # one value per seed
-            conf:float=0.95)->tuple[float, float]: # mean, half-width of the CI (nan with one value)
-    "Mean and the half-width of its Student-t confidence interval."
-    x = np.asarray([v for v in xs if v is not None], dtype=float)
-    if not len(x): return float('nan'), float('nan')
-    if len(x) == 1: return float(x[0]), float('nan')
-    return float(x.mean()), float(sps.t.ppf((1 + conf) / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
+__all__ = ['ARMS', 'FIXED', 'METRICS', 'PAIRED', 'LOWER_IS_BETTER', 'mcnemar', 'paired_bootstrap', 'Arm', 'StudyConfig',
+           'evaluate_items', 'logp_trend', 'train_arm', 'multi_image_acc', 'val_score', 'choose', 'study_tasks',
+           'run_task', 'check_resume', 'run_study', 'paired_diff', 'verdict', 'error_type_diff', 'summarize_study',
+           'claims', 'results_markdown', 'save_results', 'write_figures']
 
 # %% ../nbs/10a_study.ipynb #0c4ccc75
 def mcnemar(a:Sequence[bool], # per question: model A correct

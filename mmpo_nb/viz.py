@@ -18,6 +18,7 @@ import matplotlib
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 from .core import DataError
+from .metrics import mean_ci
 from .sae import SAE
 from .selection import attribute_latents, select_negatives, Selection
 from .objectives import aspo_weights
@@ -657,13 +658,6 @@ def plot_rule_quality(table:'pd.DataFrame', group:str='all'):
 
 
 # %% ../nbs/08_viz.ipynb #3306faf6
-def _t_ci(xs)->tuple: # mean, half-width of the 95% t-CI (NaN with one value)
-    from scipy import stats as sps
-    x = np.asarray([v for v in xs if v is not None], dtype=float)
-    if not len(x): return math.nan, math.nan
-    if len(x) == 1: return float(x[0]), math.nan
-    return float(x.mean()), float(sps.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
-
 def study_points(results:dict, # `mmpo study`'s results.json: 'table' (arm -> metrics: key -> [mean, half-width]) and 'sweep'
                  keys=('pope/adversarial/acc', 'chair/i'), # metrics of the arm panels
                  sweep_key:str='pope/adversarial/acc')->dict:
@@ -679,7 +673,7 @@ def study_points(results:dict, # `mmpo study`'s results.json: 'table' (arm -> me
     sw = list({(r['k'], r.get('beta'), r.get('seed')): r for r in sw}.values())   # K max at the chosen β is one run, listed twice
     beta0 = ((tab.get('misp') or {}).get('setting') or {}).get('beta')              # the K sweep runs at MISP's chosen β
     k_max = max((r['k'] for r in sw), default=None)
-    def agg(pts, x): return [(v, *_t_ci([r[sweep_key] for r in pts if x(r) == v])) for v in sorted({x(r) for r in pts})]
+    def agg(pts, x): return [(v, *mean_ci([r[sweep_key] for r in pts if x(r) == v])) for v in sorted({x(r) for r in pts})]
     out['sweep_k'] = agg([r for r in sw if r.get('beta') in (None, beta0)], lambda r: r['k'])   # (K, mean, half-width) at the chosen β
     out['sweep_beta'] = agg([r for r in sw if r.get('beta') is not None and r['k'] == k_max], lambda r: r['beta'])   # (β, ...) at K max
     out['k_max'], out['sweep_key'], out['beta0'] = k_max, sweep_key, beta0

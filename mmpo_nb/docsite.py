@@ -104,8 +104,6 @@ def check_course(course:list, # `Lesson`s, from `course_from_index`
     return course
 
 # %% ../nbs/09_docsite.ipynb #e3feafc6
-_re_link = re.compile(r'\]\((?![a-z]+:)([^)/\s#]+\.ipynb)(?:#[^)\s]*)?\)')
-
 def nb_opening(nb # a notebook read with `fastcore.nbio.read_nb`
               )->str:
     "The markdown cell right after the `# Title` cell: what the notebook teaches and what to read first ('' when there is none)."
@@ -119,7 +117,7 @@ def nb_opening(nb # a notebook read with `fastcore.nbio.read_nb`
 def read_first(nb)->list[str]:
     "The notebooks that `nb`'s opening cell sends the reader to first (the links on its **Read first** line)."
     line = next((l for l in nb_opening(nb).splitlines() if l.startswith('**Read first')), '')
-    return _re_link.findall(line)
+    return [m.group(1) for m in _re_nb_link.finditer(line)]     # the README's notebook-link pattern
 
 # %% ../nbs/09_docsite.ipynb #6ce92c56
 def execute_nb(path, # notebook to run
